@@ -1,0 +1,27 @@
+"""One module per optimizer over the shared shell in ``_spectral``."""
+
+from ._spectral import NonFiniteGradError, SpectralOptimizer, adjust_lr, as_matrices
+from .aurora import Aurora, aurora_direction, balanced_polar, row_uniformity_error
+from .muon import Muon, muon_direction
+from .normuon import NorMuon, normuon_direction
+from .riemannian_aurora import RiemannianAurora, riemannian_aurora_direction
+from .unormuon import UNorMuon, unormuon_direction
+
+__all__ = [
+    "Aurora",
+    "Muon",
+    "NonFiniteGradError",
+    "NorMuon",
+    "RiemannianAurora",
+    "SpectralOptimizer",
+    "UNorMuon",
+    "adjust_lr",
+    "as_matrices",
+    "aurora_direction",
+    "balanced_polar",
+    "muon_direction",
+    "normuon_direction",
+    "riemannian_aurora_direction",
+    "row_uniformity_error",
+    "unormuon_direction",
+]

@@ -1,0 +1,351 @@
+"""The shared shell of every spectral optimizer: validation, hybrid AdamW groups, state, the step.
+
+A subclass supplies only what is specific to its algorithm: its defaults, their validation, the lazy
+state it needs and ``_direction``, the map from the momentum matrices to the update direction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, ParamsT
+
+from ..polar import DEFAULT_POLAR, get_polar, make_orthogonalizer
+from .adamw import adamw_update_
+
+ADAMW = "adamw"
+NONFINITE_POLICIES = ("raise", "skip")
+ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+
+ADAMW_DEFAULTS: dict[str, Any] = {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0}
+
+
+class NonFiniteGradError(RuntimeError):
+    """A gradient holds NaN or ±inf; nothing was changed by the step that found it."""
+
+
+def adjust_lr(lr: float, adjust_lr_fn: str | None, m: int, n: int) -> float:
+    """The lr actually applied to an m×n matrix, in units of spectral norm per update.
+
+    ``None``/``"original"``: lr·sqrt(max(1, m/n)) (Keller Jordan's Muon, torch.optim.Muon's default);
+    ``"match_rms_adamw"``: lr·0.2·sqrt(max(m, n)), giving updates of AdamW's typical RMS (Moonlight).
+    """
+    if adjust_lr_fn in (None, "original"):
+        return lr * math.sqrt(max(1.0, m / n))
+    return lr * 0.2 * math.sqrt(max(m, n))
+
+
+def as_matrices(t: Tensor) -> Tensor:
+    """View a parameter-shaped tensor as a batch of matrices ``[B, m, n]``.
+
+    2-D: one matrix. 3-D: a stack of matrices (batched/expert weights). 4-D and up (convolutions):
+    one matrix (out, in·kh·kw).
+    """
+    if t.dim() == 2:
+        return t.unsqueeze(0)
+    if t.dim() == 3:
+        return t
+    return t.reshape(1, t.size(0), -1)
+
+
+def _check_float(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"invalid {name}: {value!r} (expected a number in {bound})")
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"invalid {name}: {value!r} (expected an integer ≥ {low})")
+
+
+class SpectralOptimizer(Optimizer):
+    """Base class: momentum → direction (per algorithm) → shape-scaled, decoupled-decay update.
+
+    Param groups whose ``"algorithm"`` is ``"adamw"`` are trained by AdamW in the same object, with
+    ``lr``, ``betas``, ``eps`` and ``weight_decay`` taken from the group or else from ``adamw_*``.
+    """
+
+    algorithm: ClassVar[str]
+    #: state keys created lazily per spectral parameter, besides ``"momentum_buffer"``
+    extra_state: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float,
+        weight_decay: float,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        eps: float = 1e-7,
+        adjust_lr_fn: str | None = None,
+        polar: str = DEFAULT_POLAR,
+        ns_steps: int | None = None,
+        polar_dtype: torch.dtype | None = None,
+        on_nonfinite_grad: str = "raise",
+        adamw_lr: float = ADAMW_DEFAULTS["lr"],
+        adamw_betas: tuple[float, float] = ADAMW_DEFAULTS["betas"],
+        adamw_eps: float = ADAMW_DEFAULTS["eps"],
+        adamw_weight_decay: float = ADAMW_DEFAULTS["weight_decay"],
+        **algorithm_defaults: Any,
+    ) -> None:
+        if on_nonfinite_grad not in NONFINITE_POLICIES:
+            raise ValueError(f"invalid on_nonfinite_grad: {on_nonfinite_grad!r} (expected one of {NONFINITE_POLICIES})")
+        self.on_nonfinite_grad = on_nonfinite_grad
+        self.skipped_steps = 0
+        self._adamw_defaults = {"lr": adamw_lr, "betas": adamw_betas, "eps": adamw_eps, "weight_decay": adamw_weight_decay}
+        defaults = dict(
+            algorithm=self.algorithm,
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            eps=eps,
+            adjust_lr_fn=adjust_lr_fn,
+            polar=polar,
+            ns_steps=ns_steps,
+            polar_dtype=polar_dtype,
+            **algorithm_defaults,
+        )
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ groups and validation
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if param_group.get("algorithm") == ADAMW:
+            for key, value in self._adamw_defaults.items():
+                param_group.setdefault(key, value)
+            super().add_param_group(param_group)
+            self._validate_adamw_group(self.param_groups[-1])
+            return
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._validate_spectral_group(group)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def _validate_adamw_group(self, group: dict[str, Any]) -> None:
+        try:
+            _check_float("lr", group["lr"], 0.0)
+            _check_float("eps", group["eps"], 0.0)
+            _check_float("weight_decay", group["weight_decay"], 0.0)
+            betas = group["betas"]
+            if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+                raise ValueError(f"invalid betas: {betas!r} (expected a pair)")
+            for i, beta in enumerate(betas):
+                _check_float(f"betas[{i}]", beta, 0.0, 1.0)
+                if beta == 1.0:
+                    raise ValueError(f"invalid betas[{i}]: {beta!r} (expected a number in [0, 1))")
+            self._check_params(group, min_dim=0)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def _validate_spectral_group(self, group: dict[str, Any]) -> None:
+        if group["algorithm"] != self.algorithm:
+            raise ValueError(
+                f"invalid algorithm {group['algorithm']!r} for {type(self).__name__}: "
+                f"expected {self.algorithm!r} or {ADAMW!r}"
+            )
+        _check_float("lr", group["lr"], 0.0)
+        _check_float("weight_decay", group["weight_decay"], 0.0)
+        _check_float("momentum", group["momentum"], 0.0, 1.0)
+        if group["momentum"] == 1.0:
+            raise ValueError("invalid momentum: 1.0 (expected a number in [0, 1))")
+        if not isinstance(group["nesterov"], bool):
+            raise ValueError(f"invalid nesterov: {group['nesterov']!r} (expected a bool)")
+        _check_float("eps", group["eps"], 0.0, low_open=True)
+        if group["adjust_lr_fn"] not in ADJUST_LR_FNS:
+            raise ValueError(f"invalid adjust_lr_fn: {group['adjust_lr_fn']!r} (expected one of {ADJUST_LR_FNS})")
+        get_polar(group["polar"])
+        if group["ns_steps"] is not None:
+            _check_int("ns_steps", group["ns_steps"], 1)
+        if group["polar_dtype"] not in (None, torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            raise ValueError(f"invalid polar_dtype: {group['polar_dtype']!r} (expected a floating dtype or None)")
+        self._validate_algorithm(group)
+        self._check_params(group, min_dim=2)
+
+    def _validate_algorithm(self, group: dict[str, Any]) -> None:
+        """Check the algorithm's own hyperparameters; raise ``ValueError`` naming the bad one."""
+
+    def _check_params(self, group: dict[str, Any], *, min_dim: int) -> None:
+        for index, p in enumerate(group["params"]):
+            if p.is_complex():
+                raise ValueError(f"{self._param_name(group, index)} is complex; {type(self).__name__} supports real parameters")
+            if not p.is_floating_point():
+                raise ValueError(f"{self._param_name(group, index)} has dtype {p.dtype}; expected a floating dtype")
+            if p.dim() < min_dim:
+                raise ValueError(
+                    f"{self._param_name(group, index)} of shape {tuple(p.shape)} is {p.dim()}-D; the "
+                    f"{self.algorithm} rule needs matrices (2-D or more). Train it with AdamW in the same "
+                    "optimizer ({'params': [...], 'algorithm': 'adamw'}), or split a model with "
+                    "aurora_opt.param_groups(model)"
+                )
+
+    @staticmethod
+    def _param_name(group: dict[str, Any], index: int) -> str:
+        names = group.get("param_names")
+        return f"parameter {names[index]!r}" if names else f"parameter {index} of its group"
+
+    # ------------------------------------------------------------------ state dict
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["skipped_steps"] = self.skipped_steps
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        self.skipped_steps = int(state_dict.pop("skipped_steps", 0))
+        super().load_state_dict(state_dict)
+
+    # ------------------------------------------------------------------ the step
+    def _check_grads(self) -> bool:
+        """Raise on complex/sparse gradients; return False (or raise) if any is non-finite.
+
+        Runs before anything is changed, so an error or a skipped step leaves parameters and
+        state exactly as they were.
+        """
+        grads, where = [], []
+        for group in self.param_groups:
+            for index, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{self._param_name(group, index)} has a sparse gradient; {type(self).__name__} needs dense gradients")
+                if p.grad.is_complex():
+                    raise RuntimeError(f"{self._param_name(group, index)} has a complex gradient; {type(self).__name__} needs real gradients")
+                grads.append(p.grad)
+                where.append((group, index, p))
+        if not grads:
+            return True
+        finite = torch.stack([torch.isfinite(g).all() for g in grads])
+        if bool(finite.all()):
+            return True
+        if self.on_nonfinite_grad == "skip":
+            return False
+        first = int((~finite).nonzero()[0])
+        group, index, p = where[first]
+        raise NonFiniteGradError(
+            f"{self._param_name(group, index)} of shape {tuple(p.shape)} has a non-finite gradient "
+            "(NaN or inf); no parameter or optimizer state was changed. Pass on_nonfinite_grad='skip' "
+            "to skip such steps instead."
+        )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Take one step; parameters without a gradient are left alone."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not self._check_grads():
+            self.skipped_steps += 1
+            return loss
+        for group in self.param_groups:
+            if group["algorithm"] == ADAMW:
+                self._adamw_step(group)
+            else:
+                self._spectral_step(group)
+        return loss
+
+    def _adamw_step(self, group: dict[str, Any]) -> None:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            adamw_update_(
+                p,
+                p.grad,
+                state["exp_avg"],
+                state["exp_avg_sq"],
+                state["step"],
+                lr=group["lr"],
+                betas=tuple(group["betas"]),
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+            )
+
+    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Create the lazy state of a spectral parameter (override to add more, then call this)."""
+        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _spectral_step(self, group: dict[str, Any]) -> None:
+        params, momenta, states = [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                self._init_state(p, state, group)
+            buf = state["momentum_buffer"]
+            buf.lerp_(p.grad, 1 - group["momentum"])
+            M = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+            params.append(p)
+            momenta.append(as_matrices(M).float())
+            states.append(state)
+        if not params:
+            return
+        orthogonalize = make_orthogonalizer(
+            group["polar"], steps=group["ns_steps"], eps=group["eps"], dtype=group["polar_dtype"]
+        )
+        directions = self._directions(momenta, states, group, orthogonalize)
+        for p, U in zip(params, directions):
+            m, n = U.shape[-2:]
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.add_(U.reshape(p.shape).to(p.dtype), alpha=-adjust_lr(group["lr"], group["adjust_lr_fn"], m, n))
+
+    def _directions(
+        self,
+        momenta: list[Tensor],
+        states: list[dict[str, Any]],
+        group: dict[str, Any],
+        orthogonalize: Callable[[Tensor], Tensor],
+    ) -> list[Tensor]:
+        """Directions for a group's matrices (each ``[B, m, n]``, fp32), one call per matrix."""
+        return [self._direction(M, state, group, orthogonalize) for M, state in zip(momenta, states)]
+
+    def _direction(
+        self, M: Tensor, state: dict[str, Any], group: dict[str, Any], orthogonalize: Callable[[Tensor], Tensor]
+    ) -> Tensor:
+        """The algorithm's update direction for momentum matrices ``M`` [B, m, n] (before lr)."""
+        raise NotImplementedError
+
+
+def spectral_kwargs_doc(lr: float, weight_decay: float) -> str:
+    """The shared ``Args:`` text of the spectral optimizers."""
+    return rf"""
+        params: iterable of parameters or named parameters, or of param-group dicts. Groups with
+            ``"algorithm": "adamw"`` are trained by AdamW (embeddings, output head, norms, biases).
+        lr (float): learning rate in units of spectral norm per update, before the shape scaling
+            of ``adjust_lr_fn`` (default: {lr}).
+        weight_decay (float): decoupled weight decay, p ← p·(1 − lr·weight_decay) (default: {weight_decay}).
+        momentum (float): momentum factor μ of the EMA buffer b ← μ·b + (1 − μ)·g (default: 0.95).
+            ``0`` orthogonalizes the gradient itself.
+        nesterov (bool): use the Nesterov look-ahead g + μ·(b − g) (default: True).
+        eps (float): added to norms before dividing (default: 1e-7).
+        adjust_lr_fn (str or None): ``None``/``"original"``: lr·sqrt(max(1, m/n));
+            ``"match_rms_adamw"``: lr·0.2·sqrt(max(m, n)) (default: None).
+        polar (str or callable): polar-factor backend, one of ``aurora_opt.POLAR_BACKENDS``
+            (default: ``"{DEFAULT_POLAR}"``).
+        ns_steps (int or None): iterations of the polar backend; ``None`` takes its default.
+        polar_dtype (torch.dtype or None): precision of the polar iteration; ``None`` is bf16 on
+            CUDA and fp32 elsewhere.
+        on_nonfinite_grad (str): ``"raise"`` (default) raises :class:`NonFiniteGradError` naming the
+            parameter before anything is changed; ``"skip"`` skips the whole step and counts it in
+            ``optimizer.skipped_steps``.
+        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: defaults of AdamW groups
+            (3e-4, (0.9, 0.95), 1e-8, 0.0).
+"""

@@ -1,0 +1,169 @@
+"""Riemannian Aurora: the argmax of ⟨M, U⟩ over semi-orthogonal, row-uniform U, by manifold ascent.
+
+Vanilla Aurora stops at a feasible point polar(D·M). This module climbs from there on the
+intersection of the Stiefel manifold {UᵀU = I} and the row constraint {‖U_i‖² = ℓ̄}, along the
+projection of M onto its tangent space, and retracts each step with a balanced polar factor.
+Every accepted step raises ⟨M, U⟩, so the result is never worse than vanilla Aurora's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from ._spectral import SpectralOptimizer, _check_int, spectral_kwargs_doc
+from .aurora import TINY, active_rows, balanced_polar, leverage, tall
+
+#: β of the balancing used for the start point and the retraction. Measured on a 256×64 matrix with
+#: row norms spread over three decades (exact SVD polar): β = 0.5 reaches 1e-5 row error in 10
+#: polar factors where the undamped β = 1 oscillates and is still at 3e-3.
+RETRACTION_BETA = 0.5
+#: rows must be this close to uniform (max |ℓ_i/ℓ̄ − 1|) after the start and every retraction
+ROW_TOLERANCE = 1e-3
+
+
+def _batched_cg(apply_A: Callable[[Tensor], Tensor], b: Tensor, steps: int) -> Tensor:
+    """Conjugate gradients for A x = b, A symmetric positive semi-definite, batched over rows of b."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = (r * r).sum(dim=-1, keepdim=True)
+    scale = rr.clamp_min(TINY)
+    for _ in range(steps):
+        Ap = apply_A(p)
+        alpha = rr / (p * Ap).sum(dim=-1, keepdim=True).clamp_min(TINY)
+        x = x + alpha * p
+        r = r - alpha * Ap
+        rr_new = (r * r).sum(dim=-1, keepdim=True)
+        if bool((rr_new <= 1e-24 * scale).all()):
+            break
+        p = r + (rr_new / rr.clamp_min(TINY)) * p
+        rr = rr_new
+    return x
+
+
+def tangent_projection(X: Tensor, U: Tensor, *, cg_steps: int) -> Tensor:
+    """Project X onto the tangent space at U of {UᵀU = I} ∩ {‖U_i‖² fixed}; all ``[B, m, n]``.
+
+    Z = X − U·sym(UᵀX) − (I − UUᵀ)ΛU, where the row multipliers λ solve
+    (diag(ℓ) − P∘P)λ = q with P = UUᵀ, ℓ = diag(P), q_i = ⟨X_i − (U·sym(UᵀX))_i, U_i⟩;
+    P∘P is applied without forming it: ((P∘P)λ)_i = U_iᵀ(Uᵀ diag(λ) U)U_i.
+    """
+    UtX = U.mT @ X
+    G = X - U @ (0.5 * (UtX + UtX.mT))
+    lev = leverage(U).squeeze(-1)  # [B, m]
+    q = (G * U).sum(dim=-1)  # [B, m]
+
+    def apply_A(lam: Tensor) -> Tensor:
+        K = (U * lam.unsqueeze(-1)).mT @ U  # [B, n, n]
+        return lev * lam - ((U @ K) * U).sum(dim=-1)
+
+    lam = _batched_cg(apply_A, q, cg_steps)
+    K = (U * lam.unsqueeze(-1)).mT @ U
+    return G - lam.unsqueeze(-1) * U + U @ K
+
+
+def riemannian_aurora_direction(
+    M: Tensor,
+    *,
+    orthogonalize: Callable[[Tensor], Tensor],
+    ascent_steps: int,
+    balance_steps: int,
+    cg_steps: int,
+    eps: float,
+) -> Tensor:
+    """Riemannian Aurora's direction for momentum matrices M [B, m, n] (any scale, any shape).
+
+    X = M/‖M‖_F (so the result does not depend on the gradient's scale); start at the balanced
+    polar factor; then ``ascent_steps`` times: Z = tangent projection of X, candidate
+    retract(U + t·Z), kept only where it raises ⟨X, U⟩ (t grows by 1.5 then, else halves).
+    The first t is n/⟨X, U⟩, the step that would be exact on a sphere.
+    """
+    if M.size(-2) == M.size(-1):
+        return orthogonalize(M)
+    X, transposed = tall(M)
+    X = X / torch.linalg.matrix_norm(X, keepdim=True).clamp_min(TINY)
+    active = active_rows(X, eps)
+    X = X * active
+
+    def retract(Y: Tensor) -> Tensor:
+        U = balanced_polar(
+            Y, orthogonalize=orthogonalize, steps=balance_steps, beta=RETRACTION_BETA, eps=eps, tolerance=ROW_TOLERANCE
+        )
+        return U * active
+
+    def objective(U: Tensor) -> Tensor:
+        return (X * U).sum(dim=(-2, -1), keepdim=True)
+
+    U = retract(X)
+    value = objective(U)
+    t = X.size(-1) / value.clamp_min(TINY)
+    for _ in range(ascent_steps):
+        Z = tangent_projection(X, U, cg_steps=cg_steps)
+        candidate = retract(U + t * Z)
+        candidate_value = objective(candidate)
+        better = candidate_value > value
+        U = torch.where(better, candidate, U)
+        value = torch.where(better, candidate_value, value)
+        t = torch.where(better, 1.5 * t, 0.5 * t)
+    return U.mT if transposed else U
+
+
+class RiemannianAurora(SpectralOptimizer):
+    algorithm = "riemannian_aurora"
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 0.05,
+        weight_decay: float = 0.025,
+        *,
+        ascent_steps: int = 5,
+        balance_steps: int = 12,
+        cg_steps: int = 20,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            weight_decay=weight_decay,
+            ascent_steps=ascent_steps,
+            balance_steps=balance_steps,
+            cg_steps=cg_steps,
+            **kwargs,
+        )
+
+    def _validate_algorithm(self, group: dict[str, Any]) -> None:
+        _check_int("ascent_steps", group["ascent_steps"], 0)
+        _check_int("balance_steps", group["balance_steps"], 1)
+        _check_int("cg_steps", group["cg_steps"], 1)
+
+    def _direction(self, M, state, group, orthogonalize):
+        return riemannian_aurora_direction(
+            M,
+            orthogonalize=orthogonalize,
+            ascent_steps=group["ascent_steps"],
+            balance_steps=group["balance_steps"],
+            cg_steps=group["cg_steps"],
+            eps=group["eps"],
+        )
+
+
+RiemannianAurora.__doc__ = rf"""Riemannian Aurora: Aurora's constrained argmax, solved rather than approximated.
+
+    Differences from :class:`Aurora`: starts at the balanced polar factor (balanced until rows are
+    within 0.1 % of uniform, at most ``balance_steps`` polar factors) and then takes up to
+    ``ascent_steps`` monotone Riemannian ascent steps on ⟨M, U⟩ over the intersection of the
+    Stiefel and row-uniform manifolds (tangent projection with row multipliers from ``cg_steps``
+    conjugate-gradient steps; retraction by the balanced polar factor). Invariant to the scale of
+    the gradient; any shape and dtype. Several times the cost of Aurora.
+
+    Args:{spectral_kwargs_doc(0.05, 0.025)}
+        ascent_steps (int): Riemannian ascent steps (default: 5; 0 gives the balanced polar factor).
+        balance_steps (int): at most this many polar factors per balancing (default: 12).
+        cg_steps (int): conjugate-gradient steps for the row multipliers (default: 20).
+"""
