@@ -29,6 +29,7 @@ __all__ = [
     "newton_schulz",
     "polar_express",
     "polar_express_coefficients",
+    "scaled_to_unit_max",
     "simple_quintic",
     "svd_polar",
 ]
@@ -71,8 +72,23 @@ def _as_wide(G: Tensor) -> tuple[Tensor, bool]:
     return G, False
 
 
+def scaled_to_unit_max(G: Tensor) -> Tensor:
+    """Divide each matrix by the power of two 2^e with 2^e ≤ max|G| < 2^(e+1): max|entry| lands in [1, 2).
+
+    Exact (it only shifts exponents) and leaves every scale-invariant map (the polar factor) unchanged;
+    afterwards Frobenius and row norms neither overflow (entries near 1e30 square to inf in fp32) nor
+    underflow (entries near 1e-30 square to 0). All-zero matrices stay zero.
+    """
+    if G.numel() == 0:
+        return G
+    amax = G.abs().amax(dim=(-2, -1), keepdim=True)
+    exponent = torch.frexp(amax.float()).exponent - 1
+    return G / torch.exp2(exponent.to(G.dtype))
+
+
 def _normalized(G: Tensor, eps: float) -> Tensor:
     """Scale each matrix to Frobenius norm ≤ 1, which bounds its spectral norm by 1."""
+    G = scaled_to_unit_max(G)
     return G / (torch.linalg.matrix_norm(G, keepdim=True) + eps)
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from ..polar import DEFAULT_POLAR, get_polar, make_orthogonalizer
+from ..polar import DEFAULT_POLAR, get_polar, make_orthogonalizer, scaled_to_unit_max
 from .adamw import adamw_update_
 
 ADAMW = "adamw"
@@ -294,7 +294,9 @@ class SpectralOptimizer(Optimizer):
             buf.lerp_(p.grad, 1 - group["momentum"])
             M = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
             params.append(p)
-            momenta.append(as_matrices(M).float())
+            # Every direction is invariant to the scale of M: an exact power-of-two rescale keeps norms
+            # finite for gradients near 1e±30 and keeps a low-precision polar_dtype cast from overflowing.
+            momenta.append(scaled_to_unit_max(as_matrices(M).float()))
             states.append(state)
         if not params:
             return
