@@ -305,3 +305,18 @@ def test_riemannian_aurora_rank_deficient_is_partial_isometry() -> None:
     U = one_step_direction("riemannian_aurora", grad)
     sigma = torch.linalg.svdvals(U)
     assert sigma[1:].max().item() <= 1e-2 * sigma[0].item()
+
+
+@pytest.mark.parametrize("shape", [(0, 8), (8, 0), (2, 0, 4)])
+@pytest.mark.parametrize("name", sorted(aurora_opt.OPTIMIZERS))
+def test_empty_matrices_are_left_alone(name: str, shape: tuple[int, ...]) -> None:
+    """Regression: an empty spectral parameter (0 rows or 0 columns) raised ZeroDivisionError in the
+    lr scale sqrt(m/n) (and U-NorMuon's row target); it has nothing to update and is now skipped."""
+    empty = torch.nn.Parameter(torch.zeros(shape))
+    other = torch.nn.Parameter(torch.ones(6, 3))
+    optimizer = aurora_opt.OPTIMIZERS[name]([empty, other], weight_decay=0.0)
+    empty.grad = torch.zeros(shape)
+    other.grad = torch.randn(6, 3)
+    optimizer.step()
+    assert empty.shape == shape
+    assert not torch.equal(other.detach(), torch.ones(6, 3))

@@ -285,7 +285,7 @@ class SpectralOptimizer(Optimizer):
     def _spectral_step(self, group: dict[str, Any]) -> None:
         params, momenta, states = [], [], []
         for p in group["params"]:
-            if p.grad is None:
+            if p.grad is None or p.numel() == 0:  # an empty matrix has no direction to take
                 continue
             state = self.state[p]
             if not state:
