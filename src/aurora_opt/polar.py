@@ -162,11 +162,12 @@ def polar_express(G: Tensor, *, steps: int | None = None, eps: float = 1e-7) -> 
 def svd_polar(G: Tensor, *, steps: int | None = None, eps: float = 1e-7) -> Tensor:
     """Exact polar factor from a float64 SVD (for tests and small matrices; ``steps`` is unused).
 
-    Singular values at or below the rank tolerance max(m, n)·ε₆₄·σ_max (the convention of
-    ``torch.linalg.matrix_rank``) are treated as zero and their directions dropped.
+    Singular values at or below the rank tolerance max(m, n)·ε·σ_max, ε the machine epsilon of
+    ``G.dtype`` (the convention of ``torch.linalg.matrix_rank``), are treated as zero: they are
+    rounding noise of a rank-deficient input, and their directions are dropped.
     """
     U, S, Vh = torch.linalg.svd(G.to(torch.float64), full_matrices=False)
-    tolerance = max(G.shape[-2:]) * torch.finfo(torch.float64).eps * S[..., :1]
+    tolerance = max(G.shape[-2:]) * torch.finfo(G.dtype).eps * S[..., :1]
     keep = (S > tolerance).to(torch.float64).unsqueeze(-2)
     return ((U * keep) @ Vh).to(G.dtype)
 
