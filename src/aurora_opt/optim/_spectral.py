@@ -299,7 +299,7 @@ class SpectralOptimizer(Optimizer):
             buf.lerp_(p.grad, 1 - group["momentum"])
             M = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
             params.append(p)
-            momenta.append(as_matrices(M).float())
+            momenta.append(as_matrices(M).to(torch.promote_types(M.dtype, torch.float32)))
             states.append(state)
         if not params:
             return
@@ -319,7 +319,7 @@ class SpectralOptimizer(Optimizer):
         group: dict[str, Any],
         orthogonalize: Callable[[Tensor], Tensor],
     ) -> list[Tensor]:
-        """Directions for a group's matrices (each ``[B, m, n]``, fp32), one call per matrix."""
+        """Directions for a group's matrices (each ``[B, m, n]``, fp32 or wider), one call per matrix."""
         return [self._direction(M, state, group, orthogonalize) for M, state in zip(momenta, states)]
 
     def _direction(
