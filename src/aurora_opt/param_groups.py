@@ -7,35 +7,37 @@ from typing import Any
 from torch import nn
 
 
+HEAD_NAMES = ("lm_head", "head", "output", "classifier")
+
+
 def param_groups(
     model: nn.Module,
     *,
     adamw_lr: float | None = None,
     adamw_betas: tuple[float, float] | None = None,
     adamw_weight_decay: float | None = None,
+    head_names: tuple[str, ...] = HEAD_NAMES,
     names: bool = True,
 ) -> list[dict[str, Any]]:
     """Return ``[spectral group, adamw group]`` for ``model`` (empty groups are left out).
 
-    Hidden weight matrices (2-D and up: Linear, 3-D stacks, conv kernels) go to the spectral rule;
-    embeddings (``nn.Embedding``/``nn.EmbeddingBag`` weights), the output head (a Linear whose weight
-    is shared with an embedding, or the last Linear of the model whose output is the widest, e.g.
-    ``lm_head``) and every 1-D parameter (norms, biases, gains) go to AdamW. Tied weights appear
-    once. The AdamW settings given here are written into its group; left out, the optimizer's
-    ``adamw_*`` defaults apply. With ``names`` the groups carry ``"param_names"``, so errors name
-    the parameter.
+    Hidden weight matrices (2-D and up: Linear, 3-D stacks, conv kernels) go to the spectral rule.
+    AdamW gets every 1-D parameter (norms, biases, gains), embeddings (``nn.Embedding``/
+    ``nn.EmbeddingBag``) and the output head: a Linear whose weight is tied to an embedding, whose
+    ``out_features`` equals an embedding's vocabulary size, or whose module name ends in one of
+    ``head_names``. Tied weights appear once. The AdamW settings given here are written into its
+    group; left out, the optimizer's ``adamw_*`` defaults apply. With ``names`` the groups carry
+    ``"param_names"``, so errors name the parameter.
     """
-    embedding_weights = {
-        id(module.weight) for module in model.modules() if isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+    embeddings = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    embedding_weights = {id(m.weight) for m in embeddings}
+    vocab_sizes = {m.num_embeddings for m in embeddings}
+    head_ids = {
+        id(module.weight)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and (name.rsplit(".", 1)[-1] in head_names or module.out_features in vocab_sizes)
     }
-    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    head_ids = set()
-    if linears:
-        _, last = linears[-1]
-        widest = max(module.out_features for _, module in linears)
-        if last.out_features == widest and last.out_features > last.in_features:
-            head_ids.add(id(last.weight))
-    head_ids |= {id(module.weight) for _, module in linears if id(module.weight) in embedding_weights}
 
     spectral: dict[str, Any] = {"params": [], "param_names": []}
     adamw: dict[str, Any] = {"params": [], "param_names": [], "algorithm": "adamw"}

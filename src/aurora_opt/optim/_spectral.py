@@ -66,6 +66,19 @@ def _check_int(name: str, value: Any, low: int) -> None:
         raise ValueError(f"invalid {name}: {value!r} (expected an integer ≥ {low})")
 
 
+def _check_adamw_hyperparameters(hp: dict[str, Any]) -> None:
+    _check_float("lr", hp["lr"], 0.0)
+    _check_float("eps", hp["eps"], 0.0)
+    _check_float("weight_decay", hp["weight_decay"], 0.0)
+    betas = hp["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"invalid betas: {betas!r} (expected a pair)")
+    for i, beta in enumerate(betas):
+        _check_float(f"betas[{i}]", beta, 0.0, 1.0)
+        if beta == 1.0:
+            raise ValueError(f"invalid betas[{i}]: {beta!r} (expected a number in [0, 1))")
+
+
 class SpectralOptimizer(Optimizer):
     """Base class: momentum → direction (per algorithm) → shape-scaled, decoupled-decay update.
 
@@ -102,6 +115,7 @@ class SpectralOptimizer(Optimizer):
         self.on_nonfinite_grad = on_nonfinite_grad
         self.skipped_steps = 0
         self._adamw_defaults = {"lr": adamw_lr, "betas": adamw_betas, "eps": adamw_eps, "weight_decay": adamw_weight_decay}
+        _check_adamw_hyperparameters(self._adamw_defaults)
         defaults = dict(
             algorithm=self.algorithm,
             lr=lr,
@@ -135,16 +149,7 @@ class SpectralOptimizer(Optimizer):
 
     def _validate_adamw_group(self, group: dict[str, Any]) -> None:
         try:
-            _check_float("lr", group["lr"], 0.0)
-            _check_float("eps", group["eps"], 0.0)
-            _check_float("weight_decay", group["weight_decay"], 0.0)
-            betas = group["betas"]
-            if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-                raise ValueError(f"invalid betas: {betas!r} (expected a pair)")
-            for i, beta in enumerate(betas):
-                _check_float(f"betas[{i}]", beta, 0.0, 1.0)
-                if beta == 1.0:
-                    raise ValueError(f"invalid betas[{i}]: {beta!r} (expected a number in [0, 1))")
+            _check_adamw_hyperparameters(group)
             self._check_params(group, min_dim=0)
         except ValueError:
             self.param_groups.pop()
@@ -296,7 +301,7 @@ class SpectralOptimizer(Optimizer):
             params.append(p)
             # Every direction is invariant to the scale of M: an exact power-of-two rescale keeps norms
             # finite for gradients near 1e±30 and keeps a low-precision polar_dtype cast from overflowing.
-            momenta.append(scaled_to_unit_max(as_matrices(M).float()))
+            momenta.append(scaled_to_unit_max(as_matrices(M).to(torch.promote_types(M.dtype, torch.float32))))
             states.append(state)
         if not params:
             return
@@ -316,7 +321,7 @@ class SpectralOptimizer(Optimizer):
         group: dict[str, Any],
         orthogonalize: Callable[[Tensor], Tensor],
     ) -> list[Tensor]:
-        """Directions for a group's matrices (each ``[B, m, n]``, fp32), one call per matrix."""
+        """Directions for a group's matrices (each ``[B, m, n]``, fp32 or wider), one call per matrix."""
         return [self._direction(M, state, group, orthogonalize) for M, state in zip(momenta, states)]
 
     def _direction(

@@ -74,10 +74,14 @@ def balanced_polar(
         if k == steps - 1:
             break
         lev = leverage(U)
-        if tolerance > 0 and bool((row_uniformity_error(U, active) <= tolerance).all()):
-            break
         mean = (lev * active).sum(dim=-2, keepdim=True) / active.sum(dim=-2, keepdim=True).clamp_min(1)
-        D = D * (mean / lev.clamp_min(TINY)).pow(beta) * active
+        step = (mean / lev.clamp_min(TINY)).pow(beta)
+        if tolerance > 0:  # matrices already balanced keep their D, so each matrix of a batch
+            done = row_uniformity_error(U, active) <= tolerance  # gets what it would get alone
+            if bool(done.all()):
+                break
+            step = torch.where(done.view(-1, 1, 1), torch.ones_like(step), step)
+        D = D * step * active
     return U
 
 

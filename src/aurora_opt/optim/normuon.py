@@ -21,7 +21,7 @@ def normuon_direction(
     """
     O = orthogonalize(M)
     neuron_variance.lerp_(O.square().mean(dim=-1).to(neuron_variance.dtype), 1 - beta2)
-    O_hat = O / (neuron_variance.float().sqrt().unsqueeze(-1) + eps)
+    O_hat = O / (neuron_variance.to(O.dtype).sqrt().unsqueeze(-1) + eps)
     scale = torch.linalg.matrix_norm(O, keepdim=True) / (torch.linalg.matrix_norm(O_hat, keepdim=True) + eps)
     return O_hat * scale
 

@@ -24,6 +24,8 @@ from .aurora import TINY, active_rows, balanced_polar, leverage, tall
 RETRACTION_BETA = 0.5
 #: rows must be this close to uniform (max |ℓ_i/ℓ̄ − 1|) after the start and every retraction
 ROW_TOLERANCE = 1e-3
+#: CG stops once ‖r‖² ≤ CG_TOLERANCE·‖q‖² (relative residual 1e-12: float64 round-off level)
+CG_TOLERANCE = 1e-24
 
 
 def _batched_cg(apply_A: Callable[[Tensor], Tensor], b: Tensor, steps: int) -> Tensor:
@@ -34,13 +36,14 @@ def _batched_cg(apply_A: Callable[[Tensor], Tensor], b: Tensor, steps: int) -> T
     rr = (r * r).sum(dim=-1, keepdim=True)
     scale = rr.clamp_min(TINY)
     for _ in range(steps):
+        running = rr > CG_TOLERANCE * scale  # systems already solved stay as they are
+        if not bool(running.any()):
+            break
         Ap = apply_A(p)
-        alpha = rr / (p * Ap).sum(dim=-1, keepdim=True).clamp_min(TINY)
+        alpha = torch.where(running, rr / (p * Ap).sum(dim=-1, keepdim=True).clamp_min(TINY), 0.0)
         x = x + alpha * p
         r = r - alpha * Ap
         rr_new = (r * r).sum(dim=-1, keepdim=True)
-        if bool((rr_new <= 1e-24 * scale).all()):
-            break
         p = r + (rr_new / rr.clamp_min(TINY)) * p
         rr = rr_new
     return x

@@ -1,0 +1,255 @@
+"""The generic suite: every test here runs over every optimizer in the registry (tests/optim_db.py)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import aurora_opt
+from aurora_opt import OPTIMIZERS, get_optimizer
+from optim_db import COMMON_ERROR_INPUTS, OPTIM_DB
+
+NAMES = sorted(OPTIMIZERS)
+VARIANTS = [(name, i) for name in NAMES for i in range(len(OPTIM_DB[name].variants))]
+
+# parameter shapes of the generic suite: tall, wide, square, a stack of matrices, a conv kernel
+SPECTRAL_SHAPES = [(24, 8), (8, 24), (12, 12), (2, 16, 6), (6, 3, 3, 3)]
+ADAMW_SHAPES = [(24,), (30, 8)]  # a bias and an embedding table
+
+
+def make_params(dtype=torch.float32, seed: int = 0) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    g = torch.Generator().manual_seed(seed)
+    spectral = [nn.Parameter(torch.randn(*s, generator=g).to(dtype)) for s in SPECTRAL_SHAPES]
+    adamw = [nn.Parameter(torch.randn(*s, generator=g).to(dtype)) for s in ADAMW_SHAPES]
+    return spectral, adamw
+
+
+def make_optimizer(name: str, spectral, adamw, **kwargs):
+    groups = [{"params": spectral}]
+    if adamw:
+        groups.append({"params": adamw, "algorithm": "adamw", "lr": 1e-2})
+    return get_optimizer(name)(groups, **{**OPTIM_DB[name].fast, **kwargs})
+
+
+def set_grads(params, step: int, seed: int = 100) -> None:
+    g = torch.Generator().manual_seed(seed + step)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+
+
+def run(name: str, steps: int, *, dtype=torch.float32, **kwargs):
+    spectral, adamw = make_params(dtype)
+    opt = make_optimizer(name, spectral, adamw, **kwargs)
+    for t in range(steps):
+        set_grads(spectral + adamw, t)
+        opt.step()
+    return spectral + adamw, opt
+
+
+def test_registry_has_an_entry_per_optimizer():
+    assert set(OPTIM_DB) == set(OPTIMIZERS)
+    assert {cls.__name__ for cls in OPTIMIZERS.values()} <= set(aurora_opt.__all__)
+
+
+@pytest.mark.parametrize("name,variant", VARIANTS)
+def test_deterministic_and_finite(name, variant):
+    kwargs = OPTIM_DB[name].variants[variant]
+    first, _ = run(name, 3, **kwargs)
+    second, _ = run(name, 3, **kwargs)
+    initial, _ = make_params()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+        assert torch.isfinite(a).all()
+    for p, p0 in zip(first, initial):
+        assert not torch.equal(p, p0), "every spectral parameter must move"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_resume_is_bit_identical(name):
+    spectral, adamw = make_params()
+    opt = make_optimizer(name, spectral, adamw)
+    for t in range(2):
+        set_grads(spectral + adamw, t)
+        opt.step()
+    buffer = io.BytesIO()
+    torch.save({"params": [p.detach().clone() for p in spectral + adamw], "optim": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+
+    spectral2, adamw2 = make_params(seed=7)  # different values, overwritten from the checkpoint
+    with torch.no_grad():
+        for p, saved in zip(spectral2 + adamw2, checkpoint["params"]):
+            p.copy_(saved)
+    opt2 = make_optimizer(name, spectral2, adamw2)
+    opt2.load_state_dict(checkpoint["optim"])
+    for t in range(2, 4):
+        set_grads(spectral + adamw, t)
+        set_grads(spectral2 + adamw2, t)
+        opt.step()
+        opt2.step()
+    for a, b in zip(spectral + adamw, spectral2 + adamw2):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_params_without_grad_are_untouched(name):
+    spectral, adamw = make_params()
+    opt = make_optimizer(name, spectral, adamw)
+    frozen = [spectral[1], adamw[0]]
+    before = [p.detach().clone() for p in frozen]
+    for t in range(2):
+        set_grads(spectral + adamw, t)
+        for p in frozen:
+            p.grad = None
+        opt.step()
+    for p, b in zip(frozen, before):
+        assert torch.equal(p, b)
+        assert p not in opt.state
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "kwargs,bad_name", COMMON_ERROR_INPUTS, ids=[f"{k}" for k, _ in COMMON_ERROR_INPUTS]
+)
+def test_bad_common_hyperparameters_raise(name, kwargs, bad_name):
+    spectral, adamw = make_params()
+    with pytest.raises(ValueError, match=bad_name):
+        make_optimizer(name, spectral, adamw, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,bad_name",
+    [(name, kw, bad) for name in NAMES for kw, bad in OPTIM_DB[name].error_inputs],
+)
+def test_bad_algorithm_hyperparameters_raise(name, kwargs, bad_name):
+    spectral, adamw = make_params()
+    with pytest.raises(ValueError, match=bad_name):
+        make_optimizer(name, spectral, adamw, **kwargs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vectors_in_a_spectral_group_are_rejected_with_advice(name):
+    with pytest.raises(ValueError, match=r"'bias'.*1-D.*adamw"):
+        get_optimizer(name)([("weight", nn.Parameter(torch.ones(4, 4))), ("bias", nn.Parameter(torch.ones(4)))])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_group_lrs_scale_the_update(name):
+    # same parameter and gradient in two groups with lr and 3·lr; momentum 0 and no decay, so the
+    # second update is 3× the first. float64 parameters: only the rounding of W − update (~1e-16) differs
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(20, 6, generator=g, dtype=torch.float64)
+    G = torch.randn(20, 6, generator=g, dtype=torch.float64)
+    a, b = nn.Parameter(W.clone()), nn.Parameter(W.clone())
+    opt = get_optimizer(name)(
+        [{"params": [a], "lr": 0.01}, {"params": [b], "lr": 0.03}], momentum=0.0, weight_decay=0.0, **OPTIM_DB[name].fast
+    )
+    a.grad, b.grad = G.clone(), G.clone()
+    opt.step()
+    torch.testing.assert_close(b - W, 3 * (a - W), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hybrid_adamw_group_matches_torch_adamw(name):
+    # float64 and the same formula as torch.optim.AdamW; only the order of operations differs (1e-12)
+    g = torch.Generator().manual_seed(4)
+    E = torch.randn(30, 8, generator=g, dtype=torch.float64)
+    ours, theirs = nn.Parameter(E.clone()), nn.Parameter(E.clone())
+    hidden = nn.Parameter(torch.randn(12, 4, generator=g, dtype=torch.float64))
+    opt = get_optimizer(name)(
+        [{"params": [hidden]}, {"params": [ours], "algorithm": "adamw", "lr": 1e-2, "betas": (0.8, 0.9), "weight_decay": 0.1}],
+        **OPTIM_DB[name].fast,
+    )
+    ref = torch.optim.AdamW([theirs], lr=1e-2, betas=(0.8, 0.9), eps=1e-8, weight_decay=0.1)
+    for t in range(4):
+        grad = torch.randn(30, 8, generator=g, dtype=torch.float64)
+        ours.grad, theirs.grad, hidden.grad = grad.clone(), grad.clone(), torch.ones_like(hidden)
+        opt.step()
+        ref.step()
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batched_and_conv_weights_match_their_matrices(name):
+    # a 3-D parameter is a stack of independent matrices; a conv kernel is one (out, in·kh·kw) matrix.
+    # Batched and separate polar calls round differently in fp32, hence 1e-5.
+    g = torch.Generator().manual_seed(5)
+    stack, conv = torch.randn(2, 16, 6, generator=g), torch.randn(6, 3, 3, 3, generator=g)
+    G_stack, G_conv = torch.randn(2, 16, 6, generator=g), torch.randn(6, 3, 3, 3, generator=g)
+    p_stack, p_conv = nn.Parameter(stack.clone()), nn.Parameter(conv.clone())
+    p_mats = [nn.Parameter(stack[0].clone()), nn.Parameter(stack[1].clone()), nn.Parameter(conv.reshape(6, 27).clone())]
+    fast = OPTIM_DB[name].fast
+    opt_a = get_optimizer(name)([p_stack, p_conv], **fast)
+    opt_b = get_optimizer(name)(p_mats, **fast)
+    for _ in range(2):
+        p_stack.grad, p_conv.grad = G_stack.clone(), G_conv.clone()
+        for p, grad in zip(p_mats, [G_stack[0], G_stack[1], G_conv.reshape(6, 27)]):
+            p.grad = grad.clone()
+        opt_a.step()
+        opt_b.step()
+    torch.testing.assert_close(p_stack[0], p_mats[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(p_stack[1], p_mats[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(p_conv.reshape(6, 27), p_mats[2], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_parameter_dtypes(name, dtype):
+    params, opt = run(name, 2, dtype=dtype)
+    for p in params:
+        assert p.dtype == dtype and torch.isfinite(p).all()
+    assert all(s["momentum_buffer"].dtype == dtype for s in opt.state.values() if "momentum_buffer" in s)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_rows_and_zero_gradients_give_finite_updates(name):
+    W = nn.Parameter(torch.randn(16, 4))
+    opt = get_optimizer(name)([W], **OPTIM_DB[name].fast)
+    G = torch.randn(16, 4)
+    G[3:7] = 0  # starved neurons have exactly-zero gradient rows
+    for grad in (G, torch.zeros(16, 4)):
+        W.grad = grad
+        opt.step()
+        assert torch.isfinite(W).all()
+
+
+class TinyClassifier(nn.Module):
+    """Embedding → tall MLP input projection → output head, with tied weights and a norm."""
+
+    def __init__(self, vocab: int = 16, width: int = 16, hidden: int = 64):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.norm = nn.LayerNorm(width)
+        self.up = nn.Linear(width, hidden)
+        self.down = nn.Linear(hidden, width)
+        self.head = nn.Linear(width, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens):
+        h = self.norm(self.embed(tokens))
+        return self.head(h + self.down(torch.relu(self.up(h))))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_falls_on_a_small_model(name):
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    tokens = torch.randint(0, 16, (256,))
+    targets = (tokens * 7 + 3) % 16  # a fixed permutation to learn
+    opt = get_optimizer(name)(aurora_opt.param_groups(model, adamw_lr=3e-2), lr=0.02, **OPTIM_DB[name].fast)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(tokens), targets)
+        loss.backward()
+        return loss
+
+    first = closure().item()
+    for _ in range(40):
+        last = opt.step(closure).item()
+    assert math.isfinite(last)
+    assert last < 0.5 * first, f"{name}: loss {first:.3f} → {last:.3f}"
