@@ -46,10 +46,17 @@ UNORMUON_ROW_TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat
 #: Aurora with its default K = 2 takes one damped (β = 0.5) balancing step: it shrinks the leverage
 #: spread but does not remove it (max row error measured 0.06–1.1, median 0.35, on tall κ ≤ 20 inputs,
 #: against 0.4–2.7, median 0.84, for Muon's polar factor). Checked: never less uniform than Muon.
-#: With K = AURORA_CONVERGED_STEPS in fp32 the error contracts geometrically (measured ≤ 2.3e-3).
+#: With K = AURORA_CONVERGED_STEPS in fp32 the error contracts geometrically, slowly when m/n is small:
+#: over 300 random inputs (n 2–12, κ ≤ 20) the worst was 0.033 at m/n = 2, 0.017 at 3, 3.9e-3 at 4,
+#: 1.4e-3 at 8, and never above the error of K = 2.
 AURORA_CONVERGED_STEPS = 16
 AURORA_CONVERGED_ROW_TOLERANCE = 1e-2
-#: Riemannian Aurora balances to its ROW_TOLERANCE = 1e-3 at every retraction (measured ≤ 9.3e-4 in fp32).
+AURORA_CONVERGED_MIN_ASPECT = 4
+#: Riemannian Aurora balances to its ROW_TOLERANCE = 1e-3 at every retraction when its 12 balancing
+#: polar factors suffice: measured ≤ 9.3e-4 in fp32 on the named inputs and the 15 inputs of
+#: measure_row_uniformity. They do not always suffice: of 300 random tall inputs (n ≤ 12, κ ≤ 20)
+#: 7 of 16 with m/n ≤ 1.5 stayed above 2e-3 (worst 0.16) and 10 of 283 with m/n > 1.5 (worst 0.02),
+#: so random inputs are checked only against Muon's polar factor.
 RIEMANNIAN_ROW_TOLERANCE = 2e-3
 #: In bf16/fp16 polar arithmetic the leverage scores the balancing reads are too noisy to converge
 #: (measured max row error up to 1.7 in bf16, 0.39 in fp16, even with K = 16), so there only
@@ -202,6 +209,13 @@ def test_svd_keeps_every_direction_of_large_low_precision_matrices(dtype: torch.
     assert_isometry_on_signal(POLAR_BACKENDS["svd"](G), G, *polar_band("svd", dtype))
 
 
+def test_svd_drops_subnormal_rounding_noise_of_rank_deficient_input() -> None:
+    """Regression: rank-1 fp16 entries near 1e-5 are subnormal, rounded to a fixed 6e-8 grid rather
+    than relative to their size, and the svd backend lifted that noise to extra unit directions."""
+    G = spectral_matrix(9, 10, 1, 1.0, 1e-4, 0).to(torch.float16)
+    check_polar("svd", G)
+
+
 # ---------------------------------------------------------------------------------------- optimizers
 def one_step_direction(name: str, grad: torch.Tensor, **options) -> torch.Tensor:
     """The update direction U of one step (momentum 0, lr 1, no decay) from zero weights, in float64.
@@ -216,10 +230,10 @@ def one_step_direction(name: str, grad: torch.Tensor, **options) -> torch.Tensor
     return -param.detach().double() / aurora_opt.optim.adjust_lr(1.0, None, m, n)
 
 
-def check_optimizer(name: str, grad: torch.Tensor, polar_dtype: torch.dtype, **options) -> None:
+def check_optimizer(name: str, grad: torch.Tensor, polar_dtype: torch.dtype, *, named_input: bool = False) -> None:
     """Finite; semi-orthogonal on the signal subspace (Muon, Aurora, Riemannian Aurora, full rank
     for the latter); rows uniform on tall inputs without zero rows (U-NorMuon and the Auroras)."""
-    U = one_step_direction(name, grad, polar_dtype=polar_dtype, **options)
+    U = one_step_direction(name, grad, polar_dtype=polar_dtype)
     assert torch.isfinite(U).all()
     G = grad.double()
     if not G.any():
@@ -236,10 +250,8 @@ def check_optimizer(name: str, grad: torch.Tensor, polar_dtype: torch.dtype, **o
         error = row_uniformity_error(U.float().unsqueeze(0)).item()
         if name == "unormuon":
             assert error <= UNORMUON_ROW_TOLERANCE[coarse], error
-        elif coarse == torch.float32 and name == "riemannian_aurora":
+        elif coarse == torch.float32 and name == "riemannian_aurora" and named_input:
             assert error <= RIEMANNIAN_ROW_TOLERANCE, error
-        elif coarse == torch.float32 and options.get("balance_steps") == AURORA_CONVERGED_STEPS:
-            assert error <= AURORA_CONVERGED_ROW_TOLERANCE, error
         else:
             muon = one_step_direction("muon", grad, polar_dtype=polar_dtype)
             assert error <= row_uniformity_error(muon.float().unsqueeze(0)).item(), error
@@ -259,7 +271,7 @@ def optimizer_input(case: str, dtype: torch.dtype) -> torch.Tensor:
 @pytest.mark.parametrize("case", OPTIMIZER_CASES)
 def test_optimizer_special_inputs(case: str, name: str, dtype: torch.dtype) -> None:
     """Parameters, gradients and the polar iteration all in ``dtype``."""
-    check_optimizer(name, optimizer_input(case, dtype), polar_dtype=dtype)
+    check_optimizer(name, optimizer_input(case, dtype), polar_dtype=dtype, named_input=True)
 
 
 @pytest.mark.parametrize("polar_dtype", (torch.bfloat16, torch.float16), ids=DTYPE_IDS.get)
@@ -269,8 +281,8 @@ def test_fp32_extreme_gradients_with_low_precision_polar(scale: float, name: str
     """Regression: fp32 gradients near 1e30 overflowed to inf when cast to an fp16 polar_dtype (NaN
     update), and their row/Frobenius norms overflowed in fp32 (zero update from every optimizer)."""
     grad = spectral_matrix(40, 12, 12, MAX_KAPPA, scale, 11).float()
-    check_optimizer(name, grad, polar_dtype=polar_dtype)
-    check_optimizer(name, grad, polar_dtype=torch.float32)
+    check_optimizer(name, grad, polar_dtype=polar_dtype, named_input=True)
+    check_optimizer(name, grad, polar_dtype=torch.float32, named_input=True)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -297,13 +309,29 @@ def test_optimizer_random_inputs(m, n, rank_fraction, kappa, log10_scale, dtype,
     m_over_n=st.integers(2, 8),
     n=st.integers(2, 12),
     kappa=st.floats(1.0, MAX_KAPPA),
-    dtype=st.sampled_from(DTYPES),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_aurora_rows_converge_with_more_balancing(m_over_n, n, kappa, dtype, seed) -> None:
-    """With K = AURORA_CONVERGED_STEPS balancing steps vanilla Aurora's rows become uniform."""
-    grad = spectral_matrix(m_over_n * n, n, n, kappa, 1.0, seed).to(dtype)
-    check_optimizer("aurora", grad, polar_dtype=dtype, balance_steps=AURORA_CONVERGED_STEPS)
+def test_aurora_rows_converge_with_more_balancing(m_over_n, n, kappa, seed) -> None:
+    """fp32: K = AURORA_CONVERGED_STEPS balancing steps are never less uniform than the default K = 2,
+    and reach AURORA_CONVERGED_ROW_TOLERANCE once m/n ≥ AURORA_CONVERGED_MIN_ASPECT."""
+    grad = spectral_matrix(m_over_n * n, n, n, kappa, 1.0, seed).float()
+    converged = one_step_direction("aurora", grad, balance_steps=AURORA_CONVERGED_STEPS)
+    default = one_step_direction("aurora", grad)
+    error = row_uniformity_error(converged.float().unsqueeze(0)).item()
+    assert error <= row_uniformity_error(default.float().unsqueeze(0)).item()
+    if m_over_n >= AURORA_CONVERGED_MIN_ASPECT:
+        assert error <= AURORA_CONVERGED_ROW_TOLERANCE, error
+    assert_isometry_on_signal(converged, grad.double(), *polar_band("polar_express", torch.float32))
+
+
+@pytest.mark.xfail(strict=True, reason="Aurora's balancing with many steps in bf16 can collapse a direction")
+def test_aurora_many_balancing_steps_in_bf16_stay_semi_orthogonal() -> None:
+    """Known gap: with K = 16 in bf16 polar arithmetic the noisy leverage scores drive D to a range
+    where D·M is numerically rank-deficient: on this 12×2 input (κ = 2) the update's singular values
+    are 1.006 and 3e-11 (the default K = 2 stays semi-orthogonal on the same input)."""
+    grad = spectral_matrix(12, 2, 2, 2.0, 1.0, 0).to(torch.bfloat16)
+    U = one_step_direction("aurora", grad, polar_dtype=torch.bfloat16, balance_steps=AURORA_CONVERGED_STEPS)
+    assert_isometry_on_signal(U, grad.double(), *polar_band("polar_express", torch.bfloat16))
 
 
 @pytest.mark.xfail(strict=True, reason="Riemannian Aurora's ascent leaves the partial-isometry set on rank-deficient tall inputs")
