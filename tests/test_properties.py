@@ -23,7 +23,7 @@ DTYPE_IDS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16
 
 #: max |σ − 1| of the output on the input's signal subspace, for the converging backends. Unit
 #: roundoff is 6e-8 (fp32), 4.9e-4 (fp16), 3.9e-3 (bf16); 7–12 quintic steps of matmuls accumulate a
-#: few hundred ulps (the polar module measured 4e-7 in fp32 and 5e-2 in bf16 on a 512×128 matrix).
+#: few hundred ulps (the polar module measured 6e-6 in fp32 and 5e-2 in bf16 on 512×128 matrices).
 SINGULAR_VALUE_TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}
 #: Keller's 5-step Newton–Schulz is deliberately inexact: its docs promise σ roughly in (0.5, 1.5).
 NEWTON_SCHULZ_BAND = (0.5, 1.5)
@@ -36,8 +36,9 @@ MAX_KAPPA = 20.0
 #: in fp32 the iterative backends leave the complement of the signal subspace almost empty: rounding
 #: noise (σ ≈ 1e-7 relative) is amplified by at most ~1e3 by 7–12 quintic steps (measured ≤ 1.5e-4).
 #: Not checked for them in bf16/fp16, where rounding noise (≥ 5e-4 relative) lies in the range the
-#: iterations lift to 1. The svd backend drops noise below ε·‖G‖_F in every dtype; its output is
-#: then only rounded to the dtype, so there its bound is SINGULAR_VALUE_TOLERANCE.
+#: iterations lift to 1. The svd backend drops rounding noise (σ ≤ ε·‖G‖_F plus a subnormal term) in
+#: every dtype; its output is then only rounded to the dtype, so there its bound is
+#: SINGULAR_VALUE_TOLERANCE.
 FP32_LEAK_TOLERANCE = 1e-3
 
 #: max_i |ℓ_i/ℓ̄ − 1| of the update's rows, on tall inputs with no zero rows.
