@@ -108,15 +108,38 @@ def _step_both(cls: type, kwargs: dict, shapes, device: torch.device, shard: Cal
     return dist_params, local_params, dist_opt, local_opt
 
 
+class _Checks:
+    """Collects failed comparisons so that every rank runs every collective before anything raises
+    (a rank that stopped at its first failure would leave the others waiting in a collective)."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def close(self, actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
+        try:
+            torch.testing.assert_close(actual, expected, atol=tol, rtol=tol)
+        except AssertionError as error:
+            self.failures.append(f"{what}: {error}")
+
+    def same_on_all_ranks(self, t: torch.Tensor, what: str) -> None:
+        if not _gather_equal(t):
+            self.failures.append(f"{what} differs across ranks")
+
+    def raise_if_failed(self) -> None:
+        assert not self.failures, "\n".join(self.failures)
+
+
 def _check_equivalent(dist_params, local_params, dist_opt, local_opt, name: str) -> None:
+    checks = _Checks()
     for index, (p, q) in enumerate(zip(dist_params, local_params)):
         whole = _whole(p.detach())
-        torch.testing.assert_close(whole, q.detach(), atol=EQUIVALENCE_TOL, rtol=EQUIVALENCE_TOL, msg=lambda m: f"{name} param {index}: {m}")
-        assert _gather_equal(whole), f"{name} param {index} differs across ranks"
+        checks.close(whole, q.detach(), EQUIVALENCE_TOL, f"{name} param {index}")
+        checks.same_on_all_ranks(whole, f"{name} param {index}")
         for key, value in local_opt.state[q].items():
             mine = _whole(dist_opt.state[p][key])
-            torch.testing.assert_close(mine, value, atol=EQUIVALENCE_TOL, rtol=EQUIVALENCE_TOL, msg=lambda m: f"{name} {key} {index}: {m}")
-            assert _gather_equal(mine), f"{name} state {key!r} of param {index} differs across ranks"
+            checks.close(mine, value, EQUIVALENCE_TOL, f"{name} state {key!r} of param {index}")
+            checks.same_on_all_ranks(mine, f"{name} state {key!r} of param {index}")
+    checks.raise_if_failed()
 
 
 # ---------------------------------------------------------------------------------------------- scenarios
@@ -193,15 +216,16 @@ def _reference_model(steps: int, device: torch.device) -> tuple[nn.Module, NorMu
 
 def _check_training(model: nn.Module, optimizer, device: torch.device) -> None:
     reference, reference_optimizer = _reference_model(STEPS, device)
+    checks = _Checks()
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         whole = _whole(p.detach())
-        torch.testing.assert_close(whole, q.detach(), atol=TRAINING_TOL, rtol=TRAINING_TOL, msg=lambda m: f"{name}: {m}")
-        assert _gather_equal(whole), f"{name} differs across ranks"
+        checks.close(whole, q.detach(), TRAINING_TOL, name)
+        checks.same_on_all_ranks(whole, name)
         if "neuron_variance" in reference_optimizer.state[q]:
             variance = optimizer.state[p]["neuron_variance"]
-            expected = reference_optimizer.state[q]["neuron_variance"]
-            torch.testing.assert_close(variance, expected, atol=TRAINING_TOL, rtol=TRAINING_TOL, msg=lambda m: f"{name}: {m}")
-            assert _gather_equal(variance), f"neuron_variance of {name} differs across ranks"
+            checks.close(variance, reference_optimizer.state[q]["neuron_variance"], TRAINING_TOL, f"neuron_variance of {name}")
+            checks.same_on_all_ranks(variance, f"neuron_variance of {name}")
+    checks.raise_if_failed()
 
 
 def scenario_fully_shard_training(device: torch.device) -> None:
@@ -325,7 +349,7 @@ def _worker(rank: int, world_size: int, backend: str, port: int, names: list[str
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
-    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=120))
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
     device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)

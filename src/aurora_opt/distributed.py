@@ -344,3 +344,44 @@ def sharded_directions(
             s.copy_(received[offset : offset + s.numel()].view(s.shape))
             offset += s.numel()
     return directions  # type: ignore[return-value]
+
+
+def init_distributed() -> torch.device:
+    """Join the process group that ``torchrun`` describes in the environment; return this rank's device.
+
+    NCCL with one GPU per rank (``LOCAL_RANK``) when CUDA is available, else gloo on the CPU.
+    A no-op that returns the device when the group is already initialized.
+    """
+    import os
+
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def distribute_model(model: torch.nn.Module, mode: str, *, blocks: Sequence[torch.nn.Module] = ()) -> torch.nn.Module:
+    """Make ``model`` data-parallel over the default process group; build the optimizer afterwards.
+
+    ``"ddp"``: wrap in ``DistributedDataParallel`` (parameters replicated, gradients averaged).
+    ``"fsdp2"``: ``fully_shard`` each of ``blocks`` (e.g. the transformer layers), then the whole
+    model, in place (parameters become ``Shard(0)`` DTensors). Either way the optimizer is then
+    built as usual, e.g. ``Aurora(param_groups(model))``, and shares its work over the same group.
+    """
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(model.parameters()).device
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if mode == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    raise ValueError(f"unknown data-parallel mode {mode!r}; expected 'ddp' or 'fsdp2'")
