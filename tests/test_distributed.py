@@ -442,19 +442,15 @@ def test_sharded_uneven_empty_shards_and_more_ranks_than_matrices(world3):
     _assert_ok(world3["sharded_uneven"])
 
 
+@pytest.fixture(scope="module")
+def world2_nccl() -> dict[str, list[str]]:
+    return _run_world(2, "nccl")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 @pytest.mark.parametrize("name", WORLD_SCENARIOS[2])
-def test_nccl(name):
-    _assert_ok(_run_world_cached_nccl()[name])
-
-
-_NCCL_REPORTS: dict[str, list[str]] = {}
-
-
-def _run_world_cached_nccl() -> dict[str, list[str]]:
-    if not _NCCL_REPORTS:
-        _NCCL_REPORTS.update(_run_world(2, "nccl"))
-    return _NCCL_REPORTS
+def test_nccl(world2_nccl, name):
+    _assert_ok(world2_nccl[name])
 
 
 # ---------------------------------------------------------------------------------------------- in-process
@@ -501,3 +497,10 @@ def test_without_torch_distributed_the_step_is_local():
     assert resolve_process_group("local") is None
     with pytest.raises(RuntimeError, match="not initialized"):
         resolve_process_group(object())
+
+
+def test_distribute_model_rejects_unknown_mode():
+    from aurora_opt.distributed import distribute_model
+
+    with pytest.raises(ValueError, match="unknown data-parallel mode"):
+        distribute_model(nn.Linear(2, 2), "zero3")
