@@ -11,9 +11,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
+from .. import distributed
 from ..polar import DEFAULT_POLAR, get_polar, make_orthogonalizer, scaled_to_unit_max
 from .adamw import adamw_update_
 
@@ -108,8 +110,11 @@ class SpectralOptimizer(Optimizer):
         adamw_betas: tuple[float, float] = ADAMW_DEFAULTS["betas"],
         adamw_eps: float = ADAMW_DEFAULTS["eps"],
         adamw_weight_decay: float = ADAMW_DEFAULTS["weight_decay"],
+        process_group: Any = None,
         **algorithm_defaults: Any,
     ) -> None:
+        self._process_group_arg = process_group
+        distributed.resolve_process_group(process_group)
         if on_nonfinite_grad not in NONFINITE_POLICIES:
             raise ValueError(f"invalid on_nonfinite_grad: {on_nonfinite_grad!r} (expected one of {NONFINITE_POLICIES})")
         self.on_nonfinite_grad = on_nonfinite_grad
@@ -232,7 +237,7 @@ class SpectralOptimizer(Optimizer):
                 where.append((group, index, p))
         if not grads:
             return True
-        finite = torch.stack([torch.isfinite(g).all() for g in grads])
+        finite = distributed.finite_flags(grads, distributed.resolve_process_group(self._process_group_arg))
         if bool(finite.all()):
             return True
         if self.on_nonfinite_grad == "skip":
@@ -288,31 +293,84 @@ class SpectralOptimizer(Optimizer):
         state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _spectral_step(self, group: dict[str, Any]) -> None:
-        params, momenta, states = [], [], []
-        for p in group["params"]:
-            if p.grad is None or p.numel() == 0:  # an empty matrix has no direction to take
-                continue
+        # an empty matrix has no direction to take
+        params = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
+        process_group = self._step_process_group(group, params)
+        if not params:
+            return
+        momenta, states = [], []
+        for p in params:
             state = self.state[p]
             if not state:
                 self._init_state(p, state, group)
-            buf = state["momentum_buffer"]
-            buf.lerp_(p.grad, 1 - group["momentum"])
-            M = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-            params.append(p)
-            # Every direction is invariant to the scale of M: an exact power-of-two rescale keeps norms
-            # finite for gradients near 1e±30 and keeps a low-precision polar_dtype cast from overflowing.
-            momenta.append(scaled_to_unit_max(as_matrices(M).to(torch.promote_types(M.dtype, torch.float32))))
+            grad = distributed.local_tensor(p.grad)
+            buf = distributed.local_tensor(state["momentum_buffer"])
+            buf.lerp_(grad, 1 - group["momentum"])
+            momenta.append(grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf)
             states.append(state)
-        if not params:
-            return
         orthogonalize = make_orthogonalizer(
             group["polar"], steps=group["ns_steps"], eps=group["eps"], dtype=group["polar_dtype"]
         )
-        directions = self._directions(momenta, states, group, orthogonalize)
+
+        def compute(indices: list[int], whole_momenta: list[Tensor]) -> list[Tensor]:
+            # Every direction is invariant to the scale of M: an exact power-of-two rescale keeps norms
+            # finite for gradients near 1e±30 and keeps a low-precision polar_dtype cast from overflowing.
+            matrices = [
+                scaled_to_unit_max(as_matrices(M).to(torch.promote_types(M.dtype, torch.float32))) for M in whole_momenta
+            ]
+            return self._directions(matrices, [states[i] for i in indices], group, orthogonalize)
+
+        if process_group is None:
+            directions = [U.reshape(p.shape).to(p.dtype) for p, U in zip(params, compute(list(range(len(params))), momenta))]
+        else:
+            direction_state = [self._direction_state(state) for state in states]
+            dtypes = [p.dtype for p in params]
+            if distributed.is_dtensor(params[0]):
+                directions = distributed.sharded_directions(
+                    momenta, [p.shape for p in params], dtypes, direction_state, compute, process_group
+                )
+            else:
+                directions = distributed.replicated_directions(momenta, dtypes, direction_state, compute, process_group)
         for p, U in zip(params, directions):
-            m, n = U.shape[-2:]
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-            p.add_(U.reshape(p.shape).to(p.dtype), alpha=-adjust_lr(group["lr"], group["adjust_lr_fn"], m, n))
+            _, m, n = distributed.matrix_shape(p.shape)
+            weight = distributed.local_tensor(p)
+            weight.mul_(1 - group["lr"] * group["weight_decay"])
+            weight.add_(U, alpha=-adjust_lr(group["lr"], group["adjust_lr_fn"], m, n))
+
+    def _step_process_group(self, group: dict[str, Any], params: list[Tensor]) -> Any | None:
+        """The process group this step shares its work over (``None``: alone), after checking the setup.
+
+        Runs before anything is changed; with a group it is collective (every rank must call it).
+        """
+        process_group = distributed.resolve_process_group(self._process_group_arg)
+        sharded = any(distributed.is_dtensor(p) for p in group["params"])
+        if process_group is None:
+            if sharded:
+                raise ValueError("DTensor (sharded) parameters need the distributed step; do not pass process_group='local'")
+            return None
+        if not group["params"] or (not sharded and dist.get_world_size(process_group) == 1):
+            return None
+        distributed.check_sharding(group["params"], process_group)
+        device = distributed.check_same_device([distributed.local_tensor(p) for p in group["params"]])
+        distributed.check_same_work([p.shape for p in params], [p.dtype for p in params], device, process_group)
+        return process_group
+
+    @staticmethod
+    def _direction_state(state: dict[str, Any]) -> list[Tensor]:
+        """The state tensors a direction function writes: all but the momentum, in key order.
+
+        The distributed step updates them on the rank that computes the direction and copies them
+        to every other rank, so each rank holds the whole state, identical everywhere.
+        """
+        tensors = []
+        for key in sorted(state):
+            value = state[key]
+            if key == "momentum_buffer" or not isinstance(value, Tensor):
+                continue
+            if distributed.is_dtensor(value):
+                raise ValueError(f"state {key!r} is a DTensor; direction state must be a whole (replicated) tensor")
+            tensors.append(value)
+        return tensors
 
     def _directions(
         self,
@@ -355,4 +413,7 @@ def spectral_kwargs_doc(lr: float, weight_decay: float) -> str:
             ``optimizer.skipped_steps``.
         adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: defaults of AdamW groups
             (3e-4, (0.9, 0.95), 1e-8, 0.0).
+        process_group (ProcessGroup, "local" or None): the ranks that share the orthogonalization
+            work (see ``aurora_opt.distributed``). ``None`` (default): the default group when
+            torch.distributed is initialized, else none; ``"local"``: every rank steps alone.
 """

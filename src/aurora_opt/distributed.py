@@ -1,0 +1,387 @@
+"""Sharing the spectral optimizers' orthogonalization across the ranks of a process group.
+
+A spectral direction needs the whole momentum matrix, and computing it costs O(m·n·min(m, n)) per
+matrix, so with W ranks each rank computes the directions of about 1/W of the work and the results
+are exchanged. Two parameter layouts are supported:
+
+- **replicated** (plain tensors, e.g. under ``DistributedDataParallel``): every rank holds every
+  matrix and the same (already averaged) gradient. Each rank computes the directions of the
+  matrices it owns; one ``all_gather`` hands every rank every direction, so all ranks apply the
+  same bits and stay identical.
+- **sharded** (FSDP2 ``fully_shard``: DTensor parameters with placement ``Shard(0)`` on a 1-D
+  mesh, ``torch.chunk`` row blocks, possibly uneven or empty): the momentum shards of each matrix
+  go to its owner in one ``all_to_all``, the owner assembles the whole matrix and computes its
+  direction, and a second ``all_to_all`` returns to every rank its rows of the direction.
+
+Owners are chosen by the longest-processing-time rule on the cost B·m·n·min(m, n), so the work is
+balanced even when shapes differ. State a direction function writes (NorMuon's per-row
+``neuron_variance``) is updated on the owner and sent with the direction to every rank, so every
+rank holds an identical, complete copy: a plain (replicated) tensor, which
+``torch.distributed.checkpoint`` saves once and loads on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+#: ``process_group=LOCAL`` makes an optimizer step its parameters alone even when
+#: torch.distributed is initialized (e.g. independent models on each rank).
+LOCAL = "local"
+
+#: ``compute(indices, momenta)``: the directions (``[B, m, n]`` each) of the matrices with those
+#: indices, given their whole parameter-shaped momenta; updates their direction state in place.
+ComputeFn = Callable[[list[int], list[Tensor]], list[Tensor]]
+
+
+def _dtensor_type() -> type | None:
+    if not dist.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (FSDP2 parameters are)."""
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(t, dtensor)
+
+
+def local_tensor(t: Tensor) -> Tensor:
+    """The local shard of a DTensor (an alias: in-place changes reach the DTensor), else ``t``."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def resolve_process_group(process_group: Any) -> Any | None:
+    """The process group the work is shared over, or ``None`` to step alone.
+
+    ``None``: the default group when torch.distributed is initialized, else step alone.
+    ``"local"``: step alone. A ``ProcessGroup``: that group; this rank must belong to it.
+    """
+    if process_group == LOCAL:
+        return None
+    initialized = dist.is_available() and dist.is_initialized()
+    if process_group is None:
+        return dist.group.WORLD if initialized else None
+    if not initialized:
+        raise RuntimeError("process_group was given but torch.distributed is not initialized")
+    if dist.get_rank(process_group) < 0:
+        raise ValueError(
+            f"process group mismatch: global rank {dist.get_rank()} is not a member of the process_group "
+            f"passed to the optimizer (ranks {dist.get_process_group_ranks(process_group)}); create the "
+            "optimizer only on the ranks of its group"
+        )
+    return process_group
+
+
+def matrix_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(B, m, n)`` of the matrix batch a parameter of this shape is trained as.
+
+    2-D: one m×n matrix; 3-D: a stack of B matrices; 4-D and up: one (out, in·kh·kw) matrix.
+    """
+    if len(shape) == 2:
+        return 1, shape[0], shape[1]
+    if len(shape) == 3:
+        return shape[0], shape[1], shape[2]
+    return 1, shape[0], math.prod(shape[1:])
+
+
+def matrix_cost(shape: Sequence[int]) -> int:
+    """Relative cost of a spectral direction: B·m·n·min(m, n) multiply-adds per polar iteration."""
+    batch, m, n = matrix_shape(shape)
+    return batch * m * n * min(m, n)
+
+
+def assign_owners(costs: Sequence[int], world_size: int) -> list[int]:
+    """Owner rank of each matrix: largest cost first, each to the least-loaded rank (ties: lowest).
+
+    Deterministic, so every rank computes the same assignment without communicating. The heaviest
+    rank carries at most 4/3 of the optimum (Graham's bound for this rule).
+    """
+    load = [0] * world_size
+    owners = [0] * len(costs)
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(world_size), key=lambda r: (load[r], r))
+        owners[index] = rank
+        load[rank] += costs[index]
+    return owners
+
+
+def shard_rows(rows: int, world_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of dim 0 held by each rank under ``Shard(0)`` (``torch.chunk`` blocks).
+
+    Blocks of ceil(rows / W) rows; the last ranks may hold fewer or none.
+    """
+    block = -(-rows // world_size)
+    return [(min(r * block, rows), min((r + 1) * block, rows)) for r in range(world_size)]
+
+
+def check_same_device(tensors: Sequence[Tensor], what: str = "parameters of one param group") -> torch.device:
+    """The one device all ``tensors`` are on; ``ValueError`` if they are on several."""
+    devices = sorted({str(t.device) for t in tensors})
+    if len(devices) > 1:
+        raise ValueError(
+            f"{what} are on different devices ({', '.join(devices)}); the distributed step packs them into one "
+            "buffer per collective: move the model to one device before creating the optimizer"
+        )
+    return tensors[0].device
+
+
+def check_sharding(params: Sequence[Tensor], process_group: Any) -> None:
+    """Require every parameter of a group to be plain, or every one an FSDP2 ``Shard(0)`` DTensor.
+
+    The DTensors' mesh must span exactly the ranks of ``process_group``, in the same order.
+    """
+    sharded = [is_dtensor(p) for p in params]
+    if not any(sharded):
+        return
+    if not all(sharded):
+        raise ValueError(
+            "a param group mixes DTensor (FSDP2-sharded) and plain parameters; the spectral step shards work "
+            "differently for each: put them in separate param groups (or shard the whole model with fully_shard)"
+        )
+    from torch.distributed.tensor import Shard
+
+    group_ranks = dist.get_process_group_ranks(process_group)
+    for p in params:
+        mesh = p.device_mesh
+        if mesh.ndim != 1 or tuple(p.placements) != (Shard(0),):
+            raise ValueError(
+                f"unsupported DTensor layout {tuple(p.placements)} on a {mesh.ndim}-D mesh: the spectral step "
+                "supports FSDP2's Shard(0) on a 1-D mesh (fully_shard without HSDP)"
+            )
+        if p.grad is not None and tuple(p.grad.placements) != (Shard(0),):
+            raise ValueError(f"gradient placement {tuple(p.grad.placements)} differs from its parameter's (Shard(0))")
+        mesh_ranks = dist.get_process_group_ranks(mesh.get_group())
+        if mesh_ranks != group_ranks:
+            raise ValueError(
+                f"process group mismatch: the parameters are sharded over ranks {mesh_ranks} but the optimizer's "
+                f"process_group has ranks {group_ranks}; pass process_group=mesh.get_group() (or leave it unset)"
+            )
+
+
+def finite_flags(grads: Sequence[Tensor], process_group: Any | None) -> Tensor:
+    """Per gradient, whether every entry is finite on every rank (bool ``[len(grads)]``).
+
+    Sharded (DTensor) gradients are checked on the local shard, then combined with one
+    ``all_reduce`` so all ranks agree on whether to skip or raise; replicated gradients are the
+    same on every rank and need no communication.
+    """
+    finite = torch.stack([torch.isfinite(local_tensor(g)).all() for g in grads])
+    if process_group is not None and any(is_dtensor(g) for g in grads):
+        flags = finite.to(torch.uint8)
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=process_group)
+        finite = flags.bool()
+    return finite
+
+
+def _communication_device(device: torch.device, process_group: Any) -> torch.device:
+    if dist.get_backend(process_group) == "nccl" and device.type != "cuda":
+        raise ValueError(f"the process group uses NCCL but the parameters are on {device}; use gloo for CPU training")
+    return device
+
+
+def check_same_work(shapes: Sequence[Sequence[int]], dtypes: Sequence[torch.dtype], device: torch.device, process_group: Any) -> None:
+    """Raise on every rank unless all ranks step the same list of matrices (shapes and dtypes).
+
+    One tiny ``all_gather`` per param group; it turns a silent mismatch (ranks that disagree about
+    which parameters have gradients, or a process group that does not match the model) into an
+    error instead of a hang or a wrong result.
+    """
+    signature = repr([(tuple(s), str(d)) for s, d in zip(shapes, dtypes)]).encode()
+    mine = torch.tensor([len(shapes), zlib.crc32(signature)], dtype=torch.int64, device=device)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(process_group))]
+    dist.all_gather(gathered, mine, group=process_group)
+    counts = [int(g[0]) for g in gathered]
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(
+            "process group mismatch: the ranks of the optimizer's process group do not step the same matrices "
+            f"(matrices with a gradient per rank: {counts}). Every rank of the group must hold the same "
+            "parameters (replicated, or sharded by the same fully_shard) and get gradients for the same ones"
+        )
+
+
+def _buffer_dtype(dtypes: Sequence[torch.dtype]) -> torch.dtype:
+    """The narrowest dtype that holds every one of ``dtypes`` exactly."""
+    result = dtypes[0]
+    for dtype in dtypes[1:]:
+        result = torch.promote_types(result, dtype)
+    return result
+
+
+def replicated_directions(
+    momenta: Sequence[Tensor],
+    param_dtypes: Sequence[torch.dtype],
+    direction_state: Sequence[Sequence[Tensor]],
+    compute: ComputeFn,
+    process_group: Any,
+) -> list[Tensor]:
+    """Directions of replicated matrices, each computed once in the group and shared by all_gather.
+
+    ``momenta``: the parameter-shaped momenta (identical on every rank). Returns each direction in
+    its parameter's shape and dtype, bit-identical on every rank; ``direction_state`` tensors end
+    with the owner's values on every rank.
+    """
+    world_size = dist.get_world_size(process_group)
+    rank = dist.get_rank(process_group)
+    device = _communication_device(check_same_device(momenta), process_group)
+    owners = assign_owners([matrix_cost(M.shape) for M in momenta], world_size)
+    dtype = _buffer_dtype([*param_dtypes, *(s.dtype for states in direction_state for s in states)])
+
+    mine = [i for i, owner in enumerate(owners) if owner == rank]
+    pieces = []
+    for i, U in zip(mine, compute(mine, [momenta[i] for i in mine])):
+        pieces.append(U.reshape(-1).to(param_dtypes[i]).to(dtype))
+        pieces.extend(s.reshape(-1).to(dtype) for s in direction_state[i])
+
+    def numel(i: int) -> int:
+        return momenta[i].numel() + sum(s.numel() for s in direction_state[i])
+
+    sizes = [sum(numel(i) for i, owner in enumerate(owners) if owner == r) for r in range(world_size)]
+    send = torch.zeros(max(sizes), dtype=dtype, device=device)
+    if pieces:
+        torch.cat(pieces, out=send[: sizes[rank]])
+    received = [torch.empty_like(send) for _ in range(world_size)]
+    dist.all_gather(received, send, group=process_group)
+
+    offsets = [0] * world_size
+    directions: list[Tensor] = []
+    for i, owner in enumerate(owners):
+        buffer, offset = received[owner], offsets[owner]
+        directions.append(buffer[offset : offset + momenta[i].numel()].view(momenta[i].shape).to(param_dtypes[i]))
+        offset += momenta[i].numel()
+        for s in direction_state[i]:
+            if owner != rank:
+                s.copy_(buffer[offset : offset + s.numel()].view(s.shape))
+            offset += s.numel()
+        offsets[owner] = offset
+    return directions
+
+
+def sharded_directions(
+    local_momenta: Sequence[Tensor],
+    global_shapes: Sequence[torch.Size],
+    param_dtypes: Sequence[torch.dtype],
+    direction_state: Sequence[Sequence[Tensor]],
+    compute: ComputeFn,
+    process_group: Any,
+) -> list[Tensor]:
+    """Directions of row-sharded matrices (FSDP2 ``Shard(0)``): gather on owners, compute, scatter back.
+
+    ``local_momenta``: this rank's ``torch.chunk`` block of each parameter-shaped momentum (maybe
+    empty). Returns this rank's rows of each direction, in the parameter's dtype; every rank's
+    ``direction_state`` ends with the owner's values.
+    """
+    world_size = dist.get_world_size(process_group)
+    rank = dist.get_rank(process_group)
+    device = _communication_device(check_same_device(local_momenta), process_group)
+    count = len(global_shapes)
+    owners = assign_owners([matrix_cost(shape) for shape in global_shapes], world_size)
+    bounds = [shard_rows(shape[0], world_size) for shape in global_shapes]
+    row_numel = [math.prod(shape[1:]) for shape in global_shapes]
+    for i, M in enumerate(local_momenta):
+        start, stop = bounds[i][rank]
+        if M.shape[0] != stop - start:
+            raise ValueError(
+                f"a shard of a {tuple(global_shapes[i])} parameter has {M.shape[0]} rows on rank {rank}, not the "
+                f"{stop - start} of torch.chunk's Shard(0) layout"
+            )
+    dtype = _buffer_dtype([*param_dtypes, *(s.dtype for states in direction_state for s in states)])
+
+    def rows(i: int, r: int) -> int:
+        return bounds[i][r][1] - bounds[i][r][0]
+
+    # momentum shards → owners
+    send_sizes = [sum(rows(i, rank) * row_numel[i] for i in range(count) if owners[i] == r) for r in range(world_size)]
+    recv_sizes = [sum(rows(i, r) * row_numel[i] for i in range(count) if owners[i] == rank) for r in range(world_size)]
+    order = sorted(range(count), key=lambda i: owners[i])
+    send = torch.cat([local_momenta[i].reshape(-1).to(dtype) for i in order] or [torch.empty(0, dtype=dtype, device=device)])
+    received = torch.empty(sum(recv_sizes), dtype=dtype, device=device)
+    dist.all_to_all_single(received, send, recv_sizes, send_sizes, group=process_group)
+
+    mine = [i for i in range(count) if owners[i] == rank]
+    blocks: dict[int, list[Tensor]] = {i: [] for i in mine}
+    offset = 0
+    for r in range(world_size):
+        for i in mine:
+            size = rows(i, r) * row_numel[i]
+            blocks[i].append(received[offset : offset + size].view(rows(i, r), *global_shapes[i][1:]))
+            offset += size
+    whole = [torch.cat(blocks[i]).to(param_dtypes[i]) for i in mine]
+
+    # direction rows (and the direction state) → every rank
+    pieces_to: list[list[Tensor]] = [[] for _ in range(world_size)]
+    for i, U in zip(mine, compute(mine, whole)):
+        U = U.reshape(global_shapes[i]).to(param_dtypes[i])
+        for r in range(world_size):
+            start, stop = bounds[i][r]
+            pieces_to[r].append(U[start:stop].reshape(-1).to(dtype))
+            pieces_to[r].extend(s.reshape(-1).to(dtype) for s in direction_state[i])
+    state_numel = [sum(s.numel() for s in states) for states in direction_state]
+    send_sizes = [sum(rows(i, r) * row_numel[i] + state_numel[i] for i in mine) for r in range(world_size)]
+    recv_sizes = [
+        sum(rows(i, rank) * row_numel[i] + state_numel[i] for i in range(count) if owners[i] == r) for r in range(world_size)
+    ]
+    flat = [piece for pieces in pieces_to for piece in pieces]
+    send = torch.cat(flat or [torch.empty(0, dtype=dtype, device=device)])
+    received = torch.empty(sum(recv_sizes), dtype=dtype, device=device)
+    dist.all_to_all_single(received, send, recv_sizes, send_sizes, group=process_group)
+
+    directions: list[Tensor | None] = [None] * count
+    offset = 0
+    for i in order:
+        size = rows(i, rank) * row_numel[i]
+        directions[i] = received[offset : offset + size].view(local_momenta[i].shape).to(param_dtypes[i])
+        offset += size
+        for s in direction_state[i]:
+            s.copy_(received[offset : offset + s.numel()].view(s.shape))
+            offset += s.numel()
+    return directions  # type: ignore[return-value]
+
+
+def init_distributed() -> torch.device:
+    """Join the process group that ``torchrun`` describes in the environment; return this rank's device.
+
+    NCCL with one GPU per rank (``LOCAL_RANK``) when CUDA is available, else gloo on the CPU.
+    A no-op that returns the device when the group is already initialized.
+    """
+    import os
+
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def distribute_model(model: torch.nn.Module, mode: str, *, blocks: Sequence[torch.nn.Module] = ()) -> torch.nn.Module:
+    """Make ``model`` data-parallel over the default process group; build the optimizer afterwards.
+
+    ``"ddp"``: wrap in ``DistributedDataParallel`` (parameters replicated, gradients averaged).
+    ``"fsdp2"``: ``fully_shard`` each of ``blocks`` (e.g. the transformer layers), then the whole
+    model, in place (parameters become ``Shard(0)`` DTensors). Either way the optimizer is then
+    built as usual, e.g. ``Aurora(param_groups(model))``, and shares its work over the same group.
+    """
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(model.parameters()).device
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if mode == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    raise ValueError(f"unknown data-parallel mode {mode!r}; expected 'ddp' or 'fsdp2'")
