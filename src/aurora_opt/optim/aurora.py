@@ -222,6 +222,7 @@ def aurora_direction(
 
 class Aurora(SpectralOptimizer):
     algorithm = "aurora"
+    extra_state = ("balance_scaling",)
     stacked_state = ("balance_scaling",)
 
     def __init__(
