@@ -220,6 +220,13 @@ def aurora_direction(
     return (U.mT if transposed else U), r
 
 
+def as_batch_shape(p: Tensor) -> tuple[int, int, int]:
+    """(B, m, n) of the matrix batch a parameter is treated as (see ``as_matrices``)."""
+    if p.dim() == 3:
+        return p.shape[0], p.shape[1], p.shape[2]
+    return 1, p.shape[0], p[0].numel()
+
+
 class Aurora(SpectralOptimizer):
     algorithm = "aurora"
     extra_state = ("balance_scaling",)
@@ -281,13 +288,6 @@ class Aurora(SpectralOptimizer):
         if scaling is not None and r is not None and group["warm_start"]:
             scaling.copy_(r)
         return U
-
-
-def as_batch_shape(p: Tensor) -> tuple[int, int, int]:
-    """(B, m, n) of the matrix batch a parameter is treated as (see ``as_matrices``)."""
-    if p.dim() == 3:
-        return p.shape[0], p.shape[1], p.shape[2]
-    return 1, p.shape[0], p[0].numel()
 
 
 Aurora.__doc__ = rf"""Aurora: leverage-aware spectral descent (Tilde Research, arXiv 2606.27715).
