@@ -148,7 +148,7 @@ def gram_balanced_polar(
     steps: int,
     beta: float,
     eps: float,
-    gram_dtype: torch.dtype = torch.float32,
+    gram_dtype: torch.dtype | None = None,
     scaling: Tensor | None = None,
     tolerance: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
@@ -158,7 +158,10 @@ def gram_balanced_polar(
     reference's start); ``steps`` times: ℓ = gram_leverage(X, D), D ← D·(ℓ̄/ℓ_i)^β over the active
     rows, stopping early once max |ℓ_i/ℓ̄ − 1| ≤ ``tolerance`` (> 0 costs a host sync per step).
     Returns U = polar(D·X) and the new r = D·‖X_i‖ [B, m], normalized to mean 1 over active rows.
+    The Gram matrices are formed in ``gram_dtype`` (None: float64 for float64 X, else fp32).
     """
+    if gram_dtype is None:
+        gram_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
     active = active_rows(X, eps)
     Xg = X.to(gram_dtype)
     norms = Xg.norm(dim=-1, keepdim=True)
@@ -193,20 +196,21 @@ def aurora_direction(
     balance_beta: float,
     eps: float,
     balance: str = "gram",
-    gram_dtype: torch.dtype = torch.float32,
+    gram_dtype: torch.dtype | None = None,
     scaling: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Aurora's update direction for momentum matrices M [B, m, n], and the new balancing scaling.
+) -> Tensor:
+    """Aurora's update direction for momentum matrices M [B, m, n].
 
-    Square: polar(M) (rows are uniform already; no scaling). Wide: the tall rule on Mᵀ, transposed
-    back (the scaling is then over columns). ``balance`` picks the Gram or the reference-style
-    balancing; only ``"gram"`` returns a scaling (``scaling`` warm-starts it).
+    Square: polar(M) (rows are uniform already). Wide: the tall rule on Mᵀ, transposed back (the
+    columns are balanced). ``balance`` picks the Gram (default) or the reference-style balancing.
+    ``scaling`` [B, max(m, n)], ``"gram"`` only: the warm start r of the balancing, overwritten
+    with the new one.
     """
     if M.size(-2) == M.size(-1):
-        return orthogonalize(M), None
+        return orthogonalize(M)
     X, transposed = tall(M)
     if balance == "polar":
-        U, r = balanced_polar(X, orthogonalize=orthogonalize, steps=balance_steps, beta=balance_beta, eps=eps), None
+        U = balanced_polar(X, orthogonalize=orthogonalize, steps=balance_steps, beta=balance_beta, eps=eps)
     else:
         U, r = gram_balanced_polar(
             X,
@@ -217,7 +221,9 @@ def aurora_direction(
             gram_dtype=gram_dtype,
             scaling=scaling,
         )
-    return (U.mT if transposed else U), r
+        if scaling is not None:
+            scaling.copy_(r)
+    return U.mT if transposed else U
 
 
 def as_batch_shape(p: Tensor) -> tuple[int, int, int]:
@@ -261,7 +267,7 @@ class Aurora(SpectralOptimizer):
     def _validate_algorithm(self, group: dict[str, Any]) -> None:
         if group["balance"] not in BALANCE_MODES:
             raise ValueError(f"invalid balance: {group['balance']!r} (expected one of {BALANCE_MODES})")
-        _check_int("balance_steps", group["balance_steps"], 0 if group["balance"] == "gram" else 1)
+        _check_int("balance_steps", group["balance_steps"], 1)
         _check_float("balance_beta", group["balance_beta"], 0.0, 1.0, low_open=True)
         if not isinstance(group["warm_start"], bool):
             raise ValueError(f"invalid warm_start: {group['warm_start']!r} (expected a bool)")
@@ -274,8 +280,7 @@ class Aurora(SpectralOptimizer):
             state["balance_scaling"] = torch.ones(batch, max(m, n), dtype=p.dtype, device=p.device)
 
     def _direction(self, M, state, group, orthogonalize):
-        scaling = state.get("balance_scaling")
-        U, r = aurora_direction(
+        return aurora_direction(
             M,
             orthogonalize=orthogonalize,
             balance_steps=group["balance_steps"],
@@ -283,11 +288,8 @@ class Aurora(SpectralOptimizer):
             eps=group["eps"],
             balance=group["balance"],
             gram_dtype=gram_dtype_for(group["polar"], group["polar_dtype"]),
-            scaling=scaling if group["warm_start"] else None,
+            scaling=state.get("balance_scaling") if group["warm_start"] else None,
         )
-        if scaling is not None and r is not None and group["warm_start"]:
-            scaling.copy_(r)
-        return U
 
 
 Aurora.__doc__ = rf"""Aurora: leverage-aware spectral descent (Tilde Research, arXiv 2606.27715).
@@ -319,7 +321,7 @@ Aurora.__doc__ = rf"""Aurora: leverage-aware spectral descent (Tilde Research, a
 
     Args:{spectral_kwargs_doc(0.05, 0.025)}
         balance (str): ``"gram"`` (default) or ``"polar"`` (the reference's K polar factors).
-        balance_steps (int or None): ``"gram"``: Gram balancing steps (default 2; 0 gives polar(D₀M));
+        balance_steps (int or None): ``"gram"``: Gram balancing steps (default 2);
             ``"polar"``: K, the number of polar factors computed (default 2).
         balance_beta (float or None): β, the exponent of the balancing step, in (0, 1]
             (default 0.65 for ``"gram"``, 0.5 for ``"polar"``).

@@ -86,7 +86,7 @@ def riemannian_aurora_direction(
     cg_steps: int,
     eps: float,
     balance: str = "gram",
-    gram_dtype: torch.dtype = torch.float32,
+    gram_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Riemannian Aurora's direction for momentum matrices M [B, m, n] (any scale, any shape).
 
