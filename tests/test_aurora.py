@@ -30,8 +30,9 @@ def objective(M: torch.Tensor, U: torch.Tensor) -> float:
     return (M * U).sum().item()
 
 
-def aurora(M, steps=40, beta=0.5):
-    return aurora_direction(M, orthogonalize=SVD64, balance_steps=steps, balance_beta=beta, eps=1e-7)
+def aurora(M, steps=40, beta=0.5, balance="polar"):
+    """Reference-style balancing (K polar factors) unless ``balance="gram"``."""
+    return aurora_direction(M, orthogonalize=SVD64, balance_steps=steps, balance_beta=beta, eps=1e-7, balance=balance)
 
 
 def riemannian(M, orthogonalize=SVD64, **kwargs):

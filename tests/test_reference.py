@@ -19,7 +19,7 @@ HYPER = {
     "muon": {},
     "normuon": {"beta2": 0.9},
     "unormuon": {},
-    "aurora": {"balance_steps": 3, "balance_beta": 0.5},
+    "aurora": {"balance": "polar", "balance_steps": 3, "balance_beta": 0.5},
 }
 SETTINGS = [
     {"lr": 0.02, "weight_decay": 0.0, "momentum": 0.95, "nesterov": True, "eps": 1e-7},

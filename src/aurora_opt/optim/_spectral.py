@@ -372,6 +372,11 @@ class SpectralOptimizer(Optimizer):
             tensors.append(value)
         return tensors
 
+    #: state keys (tensors whose first dimension is the parameter's batch of matrices) that
+    #: ``_direction`` may read or update when same-shape matrices are stacked into one call;
+    #: matrices with any other state besides ``"momentum_buffer"`` are never stacked
+    stacked_state: ClassVar[tuple[str, ...]] = ()
+
     def _directions(
         self,
         momenta: list[Tensor],
@@ -379,14 +384,53 @@ class SpectralOptimizer(Optimizer):
         group: dict[str, Any],
         orthogonalize: Callable[[Tensor], Tensor],
     ) -> list[Tensor]:
-        """Directions for a group's matrices (each ``[B, m, n]``, fp32 or wider), one call per matrix."""
-        return [self._direction(M, state, group, orthogonalize) for M, state in zip(momenta, states)]
+        """Directions for a group's matrices (each ``[B, m, n]``, fp32 or wider).
+
+        Matrices of the same shape, dtype and device are concatenated along the batch dimension
+        and handled by one ``_direction`` call (one batched polar factor), in chunks of at most as
+        many elements as the group's largest matrix, so stacking adds at most one copy of the
+        largest matrix. The ``stacked_state`` tensors are concatenated the same way and written
+        back. Returned directions may be views of a chunk's result.
+        """
+        directions: list[Tensor | None] = [None] * len(momenta)
+        for chunk in stacking_plan(momenta, states, set(self.stacked_state) | {"momentum_buffer"}):
+            if len(chunk) == 1:
+                i = chunk[0]
+                directions[i] = self._direction(momenta[i], states[i], group, orthogonalize)
+                continue
+            keys = [k for k in self.stacked_state if k in states[chunk[0]]]
+            merged = {k: torch.cat([states[i][k] for i in chunk]) for k in keys}
+            U = self._direction(torch.cat([momenta[i] for i in chunk]), merged, group, orthogonalize)
+            sizes = [momenta[i].size(0) for i in chunk]
+            for k in keys:
+                for i, part in zip(chunk, merged[k].split(sizes)):
+                    states[i][k].copy_(part)
+            for i, part in zip(chunk, U.split(sizes)):
+                directions[i] = part
+        return directions  # type: ignore[return-value]
 
     def _direction(
         self, M: Tensor, state: dict[str, Any], group: dict[str, Any], orthogonalize: Callable[[Tensor], Tensor]
     ) -> Tensor:
         """The algorithm's update direction for momentum matrices ``M`` [B, m, n] (before lr)."""
         raise NotImplementedError
+
+
+def stacking_plan(momenta: list[Tensor], states: list[dict[str, Any]], stackable_keys: set[str]) -> list[list[int]]:
+    """Indices of matrices to handle together: same shape, dtype and device, state keys all in
+    ``stackable_keys``, at most as many elements per chunk as the largest matrix (at least one)."""
+    budget = max((M.numel() for M in momenta), default=0)
+    groups: dict[tuple, list[int]] = {}
+    chunks: list[list[int]] = []
+    for i, (M, state) in enumerate(zip(momenta, states)):
+        if not set(state) <= stackable_keys:
+            chunks.append([i])
+            continue
+        groups.setdefault((tuple(M.shape), M.dtype, M.device, tuple(sorted(state))), []).append(i)
+    for indices in groups.values():
+        per_chunk = max(1, budget // momenta[indices[0]].numel())
+        chunks.extend(indices[j : j + per_chunk] for j in range(0, len(indices), per_chunk))
+    return sorted(chunks)
 
 
 def spectral_kwargs_doc(lr: float, weight_decay: float) -> str:

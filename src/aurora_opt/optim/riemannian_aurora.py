@@ -16,12 +16,22 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ._spectral import SpectralOptimizer, _check_int, spectral_kwargs_doc
-from .aurora import TINY, active_rows, balanced_polar, leverage, tall
+from .aurora import (
+    BALANCE_MODES,
+    TINY,
+    active_rows,
+    balanced_polar,
+    gram_balanced_polar,
+    gram_dtype_for,
+    leverage,
+    tall,
+)
 
-#: β of the balancing used for the start point and the retraction. Measured on a 256×64 matrix with
-#: row norms spread over three decades (exact SVD polar): β = 0.5 reaches 1e-5 row error in 10
-#: polar factors where the undamped β = 1 oscillates and is still at 3e-3.
-RETRACTION_BETA = 0.5
+#: β of the balancing used for the start point and the retraction, per balance mode. "polar":
+#: measured on a 256×64 matrix with row norms spread over three decades (exact SVD polar): β = 0.5
+#: reaches 1e-5 row error in 10 polar factors where the undamped β = 1 oscillates and is still at
+#: 3e-3. "gram": the over-relaxed step of Aurora's Gram balancing (see aurora.MODE_DEFAULTS).
+RETRACTION_BETA = {"polar": 0.5, "gram": 0.65}
 #: rows must be this close to uniform (max |ℓ_i/ℓ̄ − 1|) after the start and every retraction
 ROW_TOLERANCE = 1e-3
 #: CG stops once ‖r‖² ≤ CG_TOLERANCE·‖q‖² (relative residual 1e-12: float64 round-off level)
@@ -78,13 +88,18 @@ def riemannian_aurora_direction(
     balance_steps: int,
     cg_steps: int,
     eps: float,
+    balance: str = "gram",
+    gram_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Riemannian Aurora's direction for momentum matrices M [B, m, n] (any scale, any shape).
 
     X = M/‖M‖_F (so the result does not depend on the gradient's scale); start at the balanced
     polar factor; then ``ascent_steps`` times: Z = tangent projection of X, candidate
     retract(U + t·Z), kept only where it raises ⟨X, U⟩ (t grows by 1.5 then, else halves).
-    The first t is n/⟨X, U⟩, the step that would be exact on a sphere.
+    The first t is n/⟨X, U⟩, the step that would be exact on a sphere. ``balance`` picks how the
+    balanced polar factor is found: ``"gram"`` (Gram/Cholesky leverage, one polar factor per
+    retraction, at most ``balance_steps`` Gram steps) or ``"polar"`` (at most ``balance_steps``
+    polar factors).
     """
     if M.size(-2) == M.size(-1):
         return orthogonalize(M)
@@ -94,9 +109,21 @@ def riemannian_aurora_direction(
     X = X * active
 
     def retract(Y: Tensor) -> Tensor:
-        U = balanced_polar(
-            Y, orthogonalize=orthogonalize, steps=balance_steps, beta=RETRACTION_BETA, eps=eps, tolerance=ROW_TOLERANCE
-        )
+        beta = RETRACTION_BETA[balance]
+        if balance == "polar":
+            U = balanced_polar(
+                Y, orthogonalize=orthogonalize, steps=balance_steps, beta=beta, eps=eps, tolerance=ROW_TOLERANCE
+            )
+        else:
+            U, _ = gram_balanced_polar(
+                Y,
+                orthogonalize=orthogonalize,
+                steps=balance_steps,
+                beta=beta,
+                eps=eps,
+                gram_dtype=gram_dtype,
+                tolerance=ROW_TOLERANCE,
+            )
         return U * active
 
     def objective(U: Tensor) -> Tensor:
@@ -128,8 +155,11 @@ class RiemannianAurora(SpectralOptimizer):
         ascent_steps: int = 5,
         balance_steps: int = 12,
         cg_steps: int = 20,
+        balance: str = "gram",
         **kwargs: Any,
     ) -> None:
+        if balance not in BALANCE_MODES:
+            raise ValueError(f"invalid balance: {balance!r} (expected one of {BALANCE_MODES})")
         super().__init__(
             params,
             lr=lr,
@@ -137,6 +167,7 @@ class RiemannianAurora(SpectralOptimizer):
             ascent_steps=ascent_steps,
             balance_steps=balance_steps,
             cg_steps=cg_steps,
+            balance=balance,
             **kwargs,
         )
 
@@ -144,6 +175,8 @@ class RiemannianAurora(SpectralOptimizer):
         _check_int("ascent_steps", group["ascent_steps"], 0)
         _check_int("balance_steps", group["balance_steps"], 1)
         _check_int("cg_steps", group["cg_steps"], 1)
+        if group["balance"] not in BALANCE_MODES:
+            raise ValueError(f"invalid balance: {group['balance']!r} (expected one of {BALANCE_MODES})")
 
     def _direction(self, M, state, group, orthogonalize):
         return riemannian_aurora_direction(
@@ -153,13 +186,16 @@ class RiemannianAurora(SpectralOptimizer):
             balance_steps=group["balance_steps"],
             cg_steps=group["cg_steps"],
             eps=group["eps"],
+            balance=group["balance"],
+            gram_dtype=gram_dtype_for(group["polar"], group["polar_dtype"]),
         )
 
 
 RiemannianAurora.__doc__ = rf"""Riemannian Aurora: Aurora's constrained argmax, solved rather than approximated.
 
     Differences from :class:`Aurora`: starts at the balanced polar factor (balanced until rows are
-    within 0.1 % of uniform, at most ``balance_steps`` polar factors) and then takes up to
+    within 0.1 % of uniform, at most ``balance_steps`` Gram steps or, with ``balance="polar"``,
+    polar factors; one polar factor per balancing with ``"gram"``) and then takes up to
     ``ascent_steps`` monotone Riemannian ascent steps on ⟨M, U⟩ over the intersection of the
     Stiefel and row-uniform manifolds (tangent projection with row multipliers from ``cg_steps``
     conjugate-gradient steps; retraction by the balanced polar factor). Invariant to the scale of
@@ -167,6 +203,8 @@ RiemannianAurora.__doc__ = rf"""Riemannian Aurora: Aurora's constrained argmax, 
 
     Args:{spectral_kwargs_doc(0.05, 0.025)}
         ascent_steps (int): Riemannian ascent steps (default: 5; 0 gives the balanced polar factor).
-        balance_steps (int): at most this many polar factors per balancing (default: 12).
+        balance_steps (int): at most this many Gram steps (``"gram"``) or polar factors
+            (``"polar"``) per balancing (default: 12).
         cg_steps (int): conjugate-gradient steps for the row multipliers (default: 20).
+        balance (str): ``"gram"`` (default) or ``"polar"``: how each balanced polar factor is found.
 """

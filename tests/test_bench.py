@@ -1,0 +1,51 @@
+"""A tiny run of the benchmark: it writes JSON and a markdown table with every optimizer's numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from aurora_opt import bench
+
+#: rows within 1 % (the issue's target); the tiny matrices here converge more slowly than large ones
+ROW_TARGET = 0.01
+#: Riemannian Aurora retracts to rows within 0.1 %, fp32 polar noise on top
+RIEMANNIAN_ROW_TOL = 2e-3
+
+
+def test_quick_bench_writes_json_and_markdown(tmp_path: Path, capsys):
+    assert bench.main(["--quick", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["device"] == "cpu" and report["polar"] == "polar_express"
+    assert [tuple(s) for s in report["shapes"]] == bench.QUICK_SHAPES
+    runs = [*report["per_shape"], report["model"]["results"]]
+    assert len(report["model"]["shapes"]) == 7
+    for results in runs:
+        assert set(results) == set(bench.OPTIMIZERS)
+        assert results["muon"]["ratio_to_muon"] == 1.0
+        for name, entry in results.items():
+            assert entry["seconds"] > 0 and entry["peak_step_bytes"] > 0
+            assert 0 < entry["alignment_min"] <= 1 + 1e-4  # ⟨M, U⟩ ≤ ‖M‖_* for any ‖U‖₂ ≤ 1
+            assert entry["state_floats_per_param"] >= 1  # the momentum buffer
+        # Muon leaves the rows of these row-scaled matrices far from uniform; Aurora does not
+        assert results["muon"]["row_error"] > 0.5
+        assert results["aurora_reference"]["row_error"] > results["aurora"]["row_error"]
+        assert results["riemannian_aurora"]["row_error"] <= RIEMANNIAN_ROW_TOL
+        assert results["riemannian_aurora"]["alignment_min"] >= results["aurora"]["alignment_min"] - 1e-3
+    # fast Aurora keeps one number per row of the tall orientation besides the momentum
+    m, n = bench.QUICK_SHAPES[1]
+    assert abs(report["per_shape"][1]["aurora"]["state_floats_per_param"] - (1 + 1 / n)) < 1e-9
+    table = (tmp_path / "bench.md").read_text()
+    assert report["machine"] in table
+    for name in bench.OPTIMIZERS:
+        assert f"| {name} |" in table
+    assert "warm start" in table
+
+
+def test_module_entry_point_runs(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "aurora_opt.bench", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--quick" in result.stdout

@@ -1,0 +1,305 @@
+"""Fast (Gram-balanced) Aurora against the exact reference, on hard matrices, and its state."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from aurora_opt import Aurora, Muon, NorMuon, RiemannianAurora
+from aurora_opt.optim._spectral import stacking_plan
+from aurora_opt.optim.aurora import (
+    aurora_direction,
+    balanced_polar,
+    gram_balanced_polar,
+    gram_leverage,
+    row_uniformity_error,
+)
+from aurora_opt.polar import polar_express, svd_polar
+
+#: float64 with the exact SVD polar: agreement is limited by rounding over tens of iterations
+EXACT_TOL = 1e-9
+#: fp32 Polar Express: ~4e-7 relative error per polar factor (polar.py), plus fp32 rounding of the
+#: momentum arithmetic; batching or transposing changes the order of fp32 sums, not the math
+FP32_TOL = 2e-5
+#: the issue's target: rows within 1 % of uniform at the defaults
+ROW_TARGET = 0.01
+#: Riemannian Aurora retracts to rows within 0.1 % (ROW_TOLERANCE); fp32 polar noise on top
+RIEMANNIAN_ROW_TOL = 2e-3
+
+
+def row_scaled(m: int, n: int, seed: int, decades: float = 2.0, dtype=torch.float64) -> torch.Tensor:
+    """Gaussian with row norms log-uniform over ``decades`` (neurons with unequal gradients)."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(-decades / 2, decades / 2, m, dtype=torch.float64)[torch.randperm(m, generator=g)]
+    return (torch.randn(m, n, generator=g, dtype=torch.float64) * scales[:, None]).to(dtype)
+
+
+def reference_converged(X: torch.Tensor, rank_eps: float | None = None) -> torch.Tensor:
+    """The reference rule, one exact float64 polar factor per step, iterated to a fixed point
+    (near-square matrices converge slowest: 96×80 needs ~150 steps to 1e-12)."""
+    m, n = X.shape
+    norms = X.norm(dim=1)
+    active = norms > 1e-7 * norms.max()
+    d = torch.where(active, 1 / norms.clamp_min(1e-300), torch.zeros_like(norms))
+    for _ in range(200):
+        U, S, Vh = torch.linalg.svd(d[:, None] * X, full_matrices=False)
+        eps = torch.finfo(X.dtype).eps if rank_eps is None else rank_eps
+        rank = int((S > max(m, n) * eps * S[0]).sum())
+        U = U[:, :rank] @ Vh[:rank]
+        lev = U.square().sum(dim=1)
+        mean = lev[active].mean()
+        if (lev[active] / mean - 1).abs().max() < 1e-12:
+            break
+        d = torch.where(active, d * (mean / lev.clamp_min(1e-300)) ** 0.5, d)
+    return U
+
+
+def fast(X: torch.Tensor, steps: int = 200, orthogonalize=svd_polar, gram_dtype=torch.float64) -> torch.Tensor:
+    U, _ = gram_balanced_polar(
+        X.unsqueeze(0), orthogonalize=orthogonalize, steps=steps, beta=0.65, eps=1e-7, gram_dtype=gram_dtype
+    )
+    return U[0]
+
+
+def test_gram_leverage_is_the_row_norm_of_the_polar_factor():
+    X = row_scaled(200, 40, seed=0)
+    D = torch.rand(1, 200, 1, dtype=torch.float64) + 0.5
+    expected = svd_polar(D * X).square().sum(dim=-1, keepdim=True)
+    assert torch.allclose(gram_leverage(X.unsqueeze(0), D), expected, atol=EXACT_TOL)
+
+
+@pytest.mark.parametrize("shape", [(128, 32), (60, 48), (300, 17)])
+def test_fast_matches_the_converged_exact_reference(shape):
+    X = row_scaled(*shape, seed=1)
+    assert torch.allclose(fast(X), reference_converged(X), atol=EXACT_TOL)
+
+
+def test_default_step_is_row_uniform_where_the_reference_is_not():
+    X = row_scaled(1024, 256, seed=2, dtype=torch.float32).unsqueeze(0)
+    U = aurora_direction(X, orthogonalize=polar_express, balance_steps=2, balance_beta=0.65, eps=1e-7)
+    reference = balanced_polar(X, orthogonalize=polar_express, steps=2, beta=0.5, eps=1e-7)
+    assert row_uniformity_error(U).item() <= ROW_TARGET
+    assert row_uniformity_error(reference).item() > ROW_TARGET  # what the fast path improves on
+    assert torch.allclose(U.mT @ U, torch.eye(256), atol=1e-4)
+
+
+def ill_conditioned(decades: float) -> torch.Tensor:
+    """256×32, singular values spread over ``decades``, rows over two decades."""
+    g = torch.Generator().manual_seed(3)
+    Q1, _ = torch.linalg.qr(torch.randn(256, 32, generator=g, dtype=torch.float64))
+    Q2, _ = torch.linalg.qr(torch.randn(32, 32, generator=g, dtype=torch.float64))
+    X = (Q1 * torch.logspace(-decades, 0, 32, dtype=torch.float64)) @ Q2.T
+    return X * torch.logspace(-1, 1, 256, dtype=torch.float64)[:, None]
+
+
+def test_ill_conditioned_matrix_in_float64_is_exact():
+    # condition 1e4 (Gram 1e8): the ridge (1e-15·‖X‖_F²) is far below every σ², so exact; at
+    # condition 1e6 the ridge biases the smallest direction's leverage by ~1e-3 and so the rows
+    X = ill_conditioned(4)
+    U = fast(X)
+    assert row_uniformity_error(U.unsqueeze(0)).item() < 1e-6
+    assert torch.allclose(U, reference_converged(X), atol=1e-6)
+
+
+def test_numerically_singular_gram_matrix_in_fp32():
+    # condition 1e12: the fp32 Gram matrix is singular to working precision, the Cholesky
+    # factorization fails at the first ridge and must fall back to a larger one
+    X = ill_conditioned(12).float().unsqueeze(0)
+    D = 1 / X.norm(dim=-1, keepdim=True)
+    lev = gram_leverage(X, D)
+    assert torch.isfinite(lev).all() and (lev >= 0).all() and lev.sum() <= 32 * (1 + 1e-4)
+    U = fast(X[0], steps=4, orthogonalize=polar_express, gram_dtype=torch.float32)
+    assert torch.isfinite(U).all()
+    # no worse than the unbalanced polar factor, whose rows are far from uniform
+    muon = polar_express(X)
+    assert row_uniformity_error(U.unsqueeze(0)).item() < 0.5 * row_uniformity_error(muon).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rank_deficient_matrix(dtype):
+    g = torch.Generator().manual_seed(4)
+    X = (torch.randn(256, 8, generator=g, dtype=torch.float64) @ torch.randn(8, 64, generator=g, dtype=torch.float64))
+    X = (X * torch.logspace(-1, 1, 256, dtype=torch.float64)[:, None]).to(dtype)
+    if dtype == torch.float64:
+        U = fast(X)
+        assert torch.allclose(U, reference_converged(X, rank_eps=1e-12), atol=1e-8)
+        # a rank-8 partial isometry whose rows share the 8 units of leverage equally
+        assert torch.allclose(U.square().sum(dim=1), torch.full((256,), 8 / 256, dtype=dtype), atol=1e-8)
+    else:
+        U = fast(X, steps=6, orthogonalize=polar_express, gram_dtype=torch.float32)
+        assert torch.isfinite(U).all()
+        assert row_uniformity_error(U.unsqueeze(0)).item() <= ROW_TARGET
+
+
+def test_zero_rows_get_zero_update_and_the_rest_are_uniform():
+    X = row_scaled(200, 32, seed=5)
+    zero = torch.tensor([0, 7, 50, 199])
+    X[zero] = 0
+    U = fast(X)
+    assert torch.isfinite(U).all()
+    assert U[zero].abs().max() < 1e-12  # SVD rounding; the matmul backends give exact zeros
+    active = torch.ones(200, dtype=torch.bool)
+    active[zero] = False
+    assert torch.allclose(U[active].square().sum(dim=1), torch.full((196,), 32 / 196, dtype=X.dtype), atol=1e-9)
+    assert torch.allclose(U, reference_converged(X), atol=EXACT_TOL)
+
+
+def test_all_zero_momentum_gives_a_zero_update():
+    U, r = gram_balanced_polar(torch.zeros(2, 64, 16), orthogonalize=polar_express, steps=2, beta=0.65, eps=1e-7)
+    assert (U == 0).all() and torch.isfinite(r).all()
+
+
+def _params(shapes, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=g, dtype=dtype)) for s in shapes]
+
+
+def _grads(params, seed):
+    g = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype) * torch.logspace(-1, 1, p.shape[-1], dtype=p.dtype)
+
+
+def test_square_matrix_is_muon():
+    a, b = _params([(48, 48)], 6), _params([(48, 48)], 6)
+    aurora, muon = Aurora(a, lr=0.1, weight_decay=0.01), Muon(b, lr=0.1, weight_decay=0.01)
+    for step in range(3):
+        _grads(a, step), _grads(b, step)
+        aurora.step(), muon.step()
+    assert torch.equal(a[0], b[0])
+    assert set(aurora.state[a[0]]) == {"momentum_buffer"}
+
+
+@pytest.mark.parametrize("balance", ["gram", "polar"])
+def test_wide_matrix_is_the_transposed_tall_rule(balance):
+    wide = _params([(40, 120)], 7)
+    tall = [torch.nn.Parameter(wide[0].detach().T.clone())]
+    # the shape scale sqrt(max(1, m/n)) is 1 for the wide and sqrt(3) for the tall matrix
+    opt_wide = Aurora(wide, lr=0.1, weight_decay=0.0, balance=balance)
+    opt_tall = Aurora(tall, lr=0.1 / 3**0.5, weight_decay=0.0, balance=balance)
+    for step in range(3):
+        _grads(wide, step)
+        tall[0].grad = wide[0].grad.T.clone()
+        opt_wide.step(), opt_tall.step()
+    assert torch.allclose(wide[0], tall[0].T, atol=FP32_TOL)
+
+
+def test_stacked_and_batched_matrices_match_one_by_one():
+    shapes = [(96, 32)] * 5 + [(32, 32)] * 3
+    together = _params(shapes, 8)
+    alone = [_params([s], 8)[0] for s in shapes]
+    for a, b in zip(alone, together):
+        a.data.copy_(b.data)
+    batched = [torch.nn.Parameter(torch.stack([p.detach().clone() for p in together[:5]]))]
+    opt_together = Aurora(together)
+    opts_alone = [Aurora([p]) for p in alone]
+    opt_batched = Aurora(batched)
+    for step in range(3):
+        _grads(together, step)
+        for a, b in zip(alone, together):
+            a.grad = b.grad.clone()
+        batched[0].grad = torch.stack([p.grad for p in together[:5]])
+        opt_together.step(), opt_batched.step()
+        for opt in opts_alone:
+            opt.step()
+    for a, b in zip(alone, together):
+        assert torch.allclose(a, b, atol=FP32_TOL)
+    assert torch.allclose(batched[0], torch.stack(list(together[:5])), atol=FP32_TOL)
+    assert opt_batched.state[batched[0]]["balance_scaling"].shape == (5, 96)
+
+
+def test_stacking_plan_bounds_each_chunk_by_the_largest_matrix():
+    momenta = [torch.zeros(1, 64, 16)] * 3 + [torch.zeros(1, 16, 16)] * 9 + [torch.zeros(2, 64, 16)]
+    states = [{"momentum_buffer": None}] * len(momenta)
+    plan = stacking_plan(momenta, states, {"momentum_buffer"})
+    assert sorted(i for chunk in plan for i in chunk) == list(range(len(momenta)))
+    largest = max(M.numel() for M in momenta)
+    for chunk in plan:
+        assert len({tuple(momenta[i].shape) for i in chunk}) == 1
+        assert sum(momenta[i].numel() for i in chunk) <= largest
+    assert max(len(chunk) for chunk in plan) == 8  # 8 of the 16×16 fit in one 2×64×16
+    stateful = [{"momentum_buffer": None, "neuron_variance": None}] * len(momenta)
+    assert all(len(chunk) == 1 for chunk in stacking_plan(momenta, stateful, {"momentum_buffer"}))
+
+
+def test_normuon_state_is_never_stacked():
+    params = _params([(64, 16)] * 3, 9)
+    opt = NorMuon(params)
+    _grads(params, 0)
+    opt.step()
+    assert all(opt.state[p]["neuron_variance"].shape == (1, 64) for p in params)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_warm_start_state_round_trips_bit_exactly(dtype):
+    def run(params, opt, steps):
+        for step in steps:
+            _grads(params, step)
+            opt.step()
+
+    a = _params([(96, 32), (32, 96)], 10, dtype)
+    opt_a = Aurora(a)
+    run(a, opt_a, range(4))
+    saved = {k: v.detach().clone() for k, v in zip("xy", a)}
+    buffer = io.BytesIO()
+    torch.save(opt_a.state_dict(), buffer)
+    run(a, opt_a, range(4, 7))
+
+    b = [torch.nn.Parameter(saved[k].clone()) for k in "xy"]
+    opt_b = Aurora(b)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    opt_b.load_state_dict(state)
+    for key in (0, 1):
+        assert torch.equal(opt_b.state[b[key]]["balance_scaling"], state["state"][key]["balance_scaling"])
+        assert opt_b.state[b[key]]["balance_scaling"].dtype == dtype
+    run(b, opt_b, range(4, 7))
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+
+
+def test_warm_start_keeps_rows_uniform_on_a_drifting_momentum():
+    # gradients: a fixed signal with unequal rows plus fresh noise of half its size per row
+    g = torch.Generator().manual_seed(11)
+    signal = row_scaled(512, 128, seed=11, dtype=torch.float32)
+    row_size = signal.norm(dim=1, keepdim=True) / 128**0.5
+    warm = None
+    errors_warm, errors_cold = [], []
+    buffer = torch.zeros(512, 128)
+    for _ in range(12):
+        grad = signal + 0.5 * row_size * torch.randn(512, 128, generator=g)
+        buffer.lerp_(grad, 0.05)
+        X = grad.lerp(buffer, 0.95).unsqueeze(0)
+        U, warm = gram_balanced_polar(X, orthogonalize=polar_express, steps=2, beta=0.65, eps=1e-7, scaling=warm)
+        errors_warm.append(row_uniformity_error(U).item())
+        U, _ = gram_balanced_polar(X, orthogonalize=polar_express, steps=2, beta=0.65, eps=1e-7)
+        errors_cold.append(row_uniformity_error(U).item())
+    # measured: 3e-4 warm against 1.1e-3 cold from step 6 on
+    assert sum(errors_warm[6:]) < 0.5 * sum(errors_cold[6:])
+
+
+def test_reference_mode_is_selectable_and_validated():
+    p = _params([(64, 16)], 12)
+    assert Aurora(p, balance="polar").param_groups[0]["balance_steps"] == 2
+    assert Aurora(p).param_groups[0]["balance"] == "gram"
+    with pytest.raises(ValueError, match="balance"):
+        Aurora(p, balance="qr")
+    with pytest.raises(ValueError, match="balance_beta"):
+        Aurora(p, balance_beta=1.5)
+    with pytest.raises(ValueError, match="balance"):
+        RiemannianAurora(p, balance="qr")
+
+
+def test_riemannian_aurora_on_the_fast_path():
+    X = row_scaled(256, 64, seed=13, dtype=torch.float32)
+    p = torch.nn.Parameter(torch.zeros(256, 64))
+    p.grad = X.clone()
+    opt = RiemannianAurora([p], lr=1.0, weight_decay=0.0, momentum=0.0)
+    opt.step()
+    U = -p.detach() / 2.0  # s(256, 64) = 2
+    assert row_uniformity_error(U.unsqueeze(0)).item() <= RIEMANNIAN_ROW_TOL
+    # never below vanilla Aurora's converged fixed point
+    vanilla = reference_converged(X.double())
+    assert (X.double() * U.double()).sum() >= (X.double() * vanilla).sum() - 1e-4 * X.norm()
