@@ -178,16 +178,18 @@ def polar_express(G: Tensor, *, steps: int | None = None, eps: float = 1e-7) -> 
 def svd_polar(G: Tensor, *, steps: int | None = None, eps: float = 1e-7) -> Tensor:
     """Exact polar factor from a float64 SVD (for tests and small matrices; ``steps`` is unused).
 
-    Singular values at or below ε·‖G‖_F + √(mn)·s, ε the machine epsilon and s the smallest subnormal
-    of ``G.dtype``, are treated as zero: rounding to that dtype moves each entry by at most ε/2 of
-    itself or s/2, so G by less than that in spectral norm; they are rounding noise of a rank-deficient
-    input, and their directions are dropped. (``torch.linalg.matrix_rank``'s max(m, n)·ε·σ_max
-    exceeds σ_max once max(m, n) ≥ 1/ε, 128 in bf16, and would drop real directions.)
+    Singular values at or below the noise floor are treated as zero and their directions dropped:
+    max(m, n)·ε₆₄·σ_max, the float64 SVD's own error (``torch.linalg.matrix_rank``'s convention), plus
+    ε·‖G‖_F + (√m + √n)·s, ε the machine epsilon and s the smallest subnormal of ``G.dtype``: rounding
+    to that dtype moves each entry by at most ε/2 of itself or s/2. (Scaling the SVD term by the
+    input's ε instead would exceed σ_max once max(m, n) ≥ 1/ε, 128 in bf16, dropping real directions.)
     """
     U, S, Vh = torch.linalg.svd(G.to(torch.float64), full_matrices=False)
+    m, n = G.shape[-2:]
     info = torch.finfo(G.dtype)
-    subnormal_noise = (math.sqrt(G.size(-2)) + math.sqrt(G.size(-1))) * info.tiny * info.eps
-    tolerance = info.eps * S.square().sum(dim=-1, keepdim=True).sqrt() + subnormal_noise
+    svd_error = max(m, n) * torch.finfo(torch.float64).eps * S[..., :1]
+    rounding = info.eps * S.square().sum(dim=-1, keepdim=True).sqrt() + (math.sqrt(m) + math.sqrt(n)) * info.tiny * info.eps
+    tolerance = svd_error + rounding
     keep = (S > tolerance).to(torch.float64).unsqueeze(-2)
     return ((U * keep) @ Vh).to(G.dtype)
 
