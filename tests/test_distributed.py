@@ -355,7 +355,8 @@ def _worker(rank: int, world_size: int, backend: str, port: int, names: list[str
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
-    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
+    # generous: a loaded 2-core machine can stall one rank for many seconds at a collective
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=300))
     device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)

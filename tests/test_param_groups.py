@@ -53,6 +53,15 @@ def test_groups_drive_an_optimizer_and_errors_name_parameters():
         opt.step()
 
 
+def test_hidden_width_equal_to_vocabulary_stays_spectral():
+    # byte-level: 256 symbols and a 256-wide MLP projection; only names and ties pick the head
+    model = SmallLM(vocab=256, d=64)
+    assert {"gate.weight", "up.weight"} <= names(aurora_opt.param_groups(model), "spectral")
+    untied = SmallLM(vocab=256, d=64, tie=False)
+    assert "lm_head.weight" in names(aurora_opt.param_groups(untied), "adamw")
+    assert "lm_head.weight" in names(aurora_opt.param_groups(untied, head_names=("lm_head",)), "adamw")
+
+
 def test_frozen_parameters_are_left_out():
     model = SmallLM()
     model.gate.weight.requires_grad_(False)

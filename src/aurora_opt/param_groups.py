@@ -23,20 +23,20 @@ def param_groups(
 
     Hidden weight matrices (2-D and up: Linear, 3-D stacks, conv kernels) go to the spectral rule.
     AdamW gets every 1-D parameter (norms, biases, gains), embeddings (``nn.Embedding``/
-    ``nn.EmbeddingBag``) and the output head: a Linear whose weight is tied to an embedding, whose
-    ``out_features`` equals an embedding's vocabulary size, or whose module name ends in one of
-    ``head_names``. Tied weights appear once. The AdamW settings given here are written into its
+    ``nn.EmbeddingBag``) and the output head: a Linear whose weight is tied to an embedding or whose
+    module name ends in one of ``head_names`` (pass your own for other names). Sizes are not used
+    to guess: in a byte-level model a hidden width can equal the vocabulary size. Tied weights
+    appear once. The AdamW settings given here are written into its
     group; left out, the optimizer's ``adamw_*`` defaults apply. With ``names`` the groups carry
     ``"param_names"``, so errors name the parameter.
     """
-    embeddings = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
-    embedding_weights = {id(m.weight) for m in embeddings}
-    vocab_sizes = {m.num_embeddings for m in embeddings}
+    embedding_weights = {
+        id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+    }
     head_ids = {
         id(module.weight)
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
-        and (name.rsplit(".", 1)[-1] in head_names or module.out_features in vocab_sizes)
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in head_names
     }
 
     spectral: dict[str, Any] = {"params": [], "param_names": []}
