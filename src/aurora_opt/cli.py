@@ -62,10 +62,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int) -> No
                    help="text file, directory of text files, or .bin token shard(s); default: Python's stdlib source")
     g.add_argument("--mlp-expansion", type=int, default=4, help="MLP hidden width / d_model (default 4)")
     g.add_argument("--mlp", choices=("swiglu", "gelu"), default="swiglu")
-    g.add_argument("--n-layer", type=int, default=4)
+    g.add_argument("--n-layer", type=int, default=2)
     g.add_argument("--n-head", type=int, default=4)
-    g.add_argument("--d-model", type=int, default=128)
-    g.add_argument("--seq-len", type=int, default=128)
+    g.add_argument("--d-model", type=int, default=64)
+    g.add_argument("--seq-len", type=int, default=64)
     g.add_argument("--batch-size", type=int, default=16)
     g = parser.add_argument_group("training")
     g.add_argument("--steps", type=int, default=steps, help=f"optimizer steps per run (default {steps})")
@@ -304,7 +304,7 @@ def _add_sweep(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lrs", type=_csv(float), default=[0.01, 0.02, 0.05, 0.1],
                         help="learning rates tried for every optimizer (default 0.01,0.02,0.05,0.1)")
     parser.add_argument("--seeds", type=_csv(int), default=[0, 1])
-    add_training_arguments(parser, steps=200)
+    add_training_arguments(parser, steps=300)
 
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {

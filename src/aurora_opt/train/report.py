@@ -124,7 +124,7 @@ def plot_compare(out: Path, runs: list[dict[str, Any]], diagnostics: dict[str, A
         steps = [rec["step"] for rec in run["layers"]]
         image = ax.imshow(grid or [[0.0]], aspect="auto", vmin=0, vmax=100, cmap="magma",
                           extent=(steps[0] if steps else 0, steps[-1] if steps else 1, len(layer_names) - 0.5, -0.5))
-        ax.set_yticks(range(len(layer_names)), [n.replace("blocks.", "").replace(".mlp", "") for n in layer_names],
+        ax.set_yticks(range(len(layer_names)), [n.replace("blocks.", "L").replace(".mlp.", " ") for n in layer_names],
                       fontsize=7)
         ax.set(title=run["optimizer"], xlabel="step")
     fig.colorbar(image, ax=axes[0].tolist(), label="% rows starved")

@@ -46,10 +46,10 @@ class TrainConfig:
     adamw_lr: float = 3e-3
     steps: int = 300
     batch_size: int = 16
-    seq_len: int = 128
-    n_layer: int = 4
+    seq_len: int = 64
+    n_layer: int = 2
     n_head: int = 4
-    d_model: int = 128
+    d_model: int = 64
     mlp_expansion: int = 4
     mlp: str = "swiglu"
     seed: int = 0
