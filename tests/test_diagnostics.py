@@ -167,13 +167,14 @@ def _make_optimizers(name: str, model: GPT) -> list[torch.optim.Optimizer]:
 
 @pytest.mark.parametrize("name", [*OPTIMIZERS, "adamw", "torch_muon"])
 def test_diagnostics_leave_the_update_unchanged(name):
+    steps = 1 if name == "riemannian_aurora" else 2  # its CG solve takes seconds per step on a loaded CPU
     def run(with_health: bool) -> tuple[GPT, NeuronHealth | None, list[torch.optim.Optimizer]]:
         torch.manual_seed(0)
-        model = GPT(GPTConfig(n_layer=1, d_model=16, n_head=2, seq_len=8))
+        model = GPT(GPTConfig(n_layer=1, d_model=8, n_head=2, seq_len=8))
         optimizers = _make_optimizers(name, model)
         health = NeuronHealth(model).attach(*optimizers) if with_health else None
         tokens = torch.randint(0, 256, (4, 9), generator=torch.Generator().manual_seed(1))
-        for _ in range(3):
+        for _ in range(steps):
             model(tokens[:, :-1], tokens[:, 1:]).backward()
             for opt in optimizers:
                 opt.step()
@@ -183,13 +184,13 @@ def test_diagnostics_leave_the_update_unchanged(name):
     watched, health, optimizers = run(True)
     for (key, a), b in zip(plain.state_dict().items(), watched.state_dict().values()):
         assert torch.equal(a, b), key
-    assert health.measured_steps == 3
+    assert health.measured_steps == steps
     for shares in health.smoothed_shares.values():
         assert float(shares.mean()) == pytest.approx(1.0, rel=1e-5)  # shares average to 1 by definition
     leverage = health.leverage(*optimizers)
     assert set(leverage) == {"blocks.0.mlp.gate", "blocks.0.mlp.up"}
     for values in leverage.values():
-        assert values.shape == (64,) and math.isfinite(float(values.sum()))
+        assert values.shape == (32,) and math.isfinite(float(values.sum()))
 
 
 def test_aurora_keeps_rows_fed_where_muon_starves_them():
