@@ -34,9 +34,10 @@ from .train.report import (
 from .train.trainer import RunResult, StopRequest, TrainConfig, optimizer_names, train
 
 DEFAULT_OPTIMIZERS = ("muon", "normuon", "unormuon", "aurora")
-#: lr of each optimizer in ``compare`` by default: the best of the CPU lr sweep in docs/results/lr-sweep
-#: (MLP expansion 4, 300 steps, 2 seeds); see docs/neuron-health.md
-TUNED_LRS: dict[str, float] = {"muon": 0.02, "normuon": 0.02, "unormuon": 0.02, "aurora": 0.05,
+#: lr of each optimizer in ``compare`` by default. muon and aurora: the best of the CPU lr sweep in
+#: docs/results/lr-sweep-cpu (the default model, 300 steps, lr 0.01-0.1); the others were not swept and
+#: take their library default (NorMuon, U-NorMuon: Muon's 0.02, measured best for Muon)
+TUNED_LRS: dict[str, float] = {"muon": 0.02, "normuon": 0.02, "unormuon": 0.02, "aurora": 0.02,
                                "riemannian_aurora": 0.05, "adamw": 3e-3, "torch_muon": 0.02}
 
 
@@ -102,7 +103,8 @@ def _parse_lrs(text: str | None, optimizers: list[str]) -> tuple[dict[str, float
     """``--lr``: one number for all (matched), or ``name=value,...``; default: the tuned table."""
     if text is None:
         return ({name: TUNED_LRS[name] for name in optimizers},
-                "each optimizer at its own lr from the CPU lr sweep (docs/neuron-health.md)")
+                "each optimizer at its default lr for this command (best of the CPU lr sweep for muon and "
+                "aurora; Muon's lr for normuon and unormuon, not swept; docs/neuron-health.md)")
     if "=" not in text:
         try:
             value = float(text)
