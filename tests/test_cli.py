@@ -70,7 +70,7 @@ def test_sweep_writes_summary_and_gain_plot(tmp_path, text_file):
     out = tmp_path / "sweep"
     argv = ["sweep", "--optimizers", "muon,aurora", "--expansions", "2,4", "--lrs", "0.02", "--seeds", "0",
             "--data", str(text_file), "--out", str(out)]
-    assert main([*argv, *TINY]) == 0
+    assert main([*argv, *TINY, "--steps", "2"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert len(results["runs"]) == 4
     assert {(r["mlp_expansion"], r["optimizer"]) for r in results["runs"]} == {
