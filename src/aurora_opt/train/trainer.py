@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -82,8 +83,6 @@ class TrainConfig:
         if self.optimizer in TORCH_DEFAULTS:
             lr, wd = TORCH_DEFAULTS[self.optimizer]
         else:
-            import inspect
-
             signature = inspect.signature(OPTIMIZERS[self.optimizer].__init__)
             lr, wd = signature.parameters["lr"].default, signature.parameters["weight_decay"].default
         return (lr if self.lr is None else self.lr, wd if self.weight_decay is None else self.weight_decay)
