@@ -278,7 +278,9 @@ def sweep_report(results: dict[str, Any], summary: list[dict[str, Any]]) -> str:
         "# aurora-opt sweep",
         "",
         f"Byte-level GPT, {cfg['n_layer']} layers, d_model {cfg['d_model']}, {cfg['mlp']} MLP; {cfg['steps']} steps of "
-        f"{cfg['batch_size']}×{cfg['seq_len']} tokens; seeds {cfg['seeds']}; data: {cfg['data']['source']}.",
+        f"{cfg['batch_size']}×{cfg['seq_len']} tokens; seeds {cfg['seeds']}; weight decay "
+        f"{'each optimizer' + chr(39) + 's default' if cfg['weight_decay'] is None else cfg['weight_decay']}; "
+        f"data: {cfg['data']['source']}.",
         f"Machine: {machine['processor']}, {machine['cpu_count']} CPU cores, device {machine['device']}, torch "
         f"{machine['torch']}, 1-min load average at start {machine.get('load_average', '?')}. "
         f"Wall time {results['wall_seconds']:.0f} s.",
