@@ -1,0 +1,311 @@
+"""results.json, plots and report.md for ``aurora-opt compare`` and ``aurora-opt sweep``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..diagnostics import STARVED_SHARE
+
+
+class MissingExtraError(RuntimeError):
+    """An optional dependency of the CLI (matplotlib, tqdm) is not installed."""
+
+
+def require(module: str) -> Any:
+    """Import an optional CLI dependency, or raise a one-line error saying how to install it."""
+    try:
+        return __import__(module)
+    except ImportError:
+        raise MissingExtraError(f"{module} is needed for this command: pip install 'aurora-opt[cli]'") from None
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """What the numbers were measured on. ``load_average`` (1 min) shows how busy the machine was."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = round(os.getloadavg()[0], 2)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically (temporary file, then rename)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(temporary, path)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------------------------- compare
+def plot_compare(out: Path, runs: list[dict[str, Any]], diagnostics: dict[str, Any]) -> list[Path]:
+    """loss.png, starved.png, leverage.png, starved_heatmap.png; returns the paths written."""
+    require("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        steps = [h["step"] for h in run["history"]]
+        line, = ax.plot(steps, [h["train_loss"] for h in run["history"]], label=f"{run['optimizer']} (lr {run['lr']:g})")
+        val = [(h["step"], h["val_loss"]) for h in run["history"] if h["val_loss"] is not None]
+        if val:
+            ax.plot(*zip(*val), "o--", color=line.get_color(), markersize=4)
+    ax.set(xlabel="step", ylabel="loss (nats/byte)", title="training loss (lines), validation loss (dots)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / "loss.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        steps = [h["step"] for h in run["history"]]
+        line, = ax.plot(steps, [100 * h["starved_fraction"] for h in run["history"]], label=f"{run['optimizer']} starved")
+        ax.plot(steps, [100 * h["act_dead_fraction"] for h in run["history"]], ":", color=line.get_color(),
+                label=f"{run['optimizer']} inactive")
+    ax.set(xlabel="step", ylabel="% of MLP hidden rows",
+           title=f"starved rows (smoothed update share < {STARVED_SHARE}), solid; inactive units, dotted")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / "starved.png"))
+
+    lev_steps = sorted({int(s) for run in diagnostics["runs"] for s in run["leverage"]})
+    if lev_steps:
+        fig, axes = plt.subplots(len(runs), len(lev_steps), figsize=(3.2 * len(lev_steps), 2.2 * len(runs)),
+                                 squeeze=False, sharex=True)
+        for i, run in enumerate(diagnostics["runs"]):
+            for j, step in enumerate(lev_steps):
+                ax = axes[i][j]
+                layers = run["leverage"].get(str(step), {})
+                if layers:
+                    edges = next(iter(layers.values()))["edges"]
+                    counts = [sum(h["counts"][k] for h in layers.values()) for k in range(len(edges) - 1)]
+                    ax.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge")
+                ax.axvline(1.0, color="k", lw=0.8, ls="--")
+                if i == 0:
+                    ax.set_title(f"step {step}", fontsize=9)
+                if j == 0:
+                    ax.set_ylabel(run["optimizer"], fontsize=9)
+                if i == len(runs) - 1:
+                    ax.set_xlabel("leverage × m / n (1 = uniform)", fontsize=8)
+        fig.suptitle("row leverage of polar(momentum), all gate/up/fc rows")
+        paths.append(_save(fig, out / "leverage.png"))
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.6), squeeze=False)
+    for ax, run in zip(axes[0], diagnostics["runs"]):
+        layer_names = list(run["layers"][0]["starved"]) if run["layers"] else []
+        grid = [[100 * rec["starved"].get(name, 0.0) for rec in run["layers"]] for name in layer_names]
+        steps = [rec["step"] for rec in run["layers"]]
+        image = ax.imshow(grid or [[0.0]], aspect="auto", vmin=0, vmax=100, cmap="magma",
+                          extent=(steps[0] if steps else 0, steps[-1] if steps else 1, len(layer_names) - 0.5, -0.5))
+        ax.set_yticks(range(len(layer_names)), [n.replace("blocks.", "L").replace(".mlp.", " ") for n in layer_names],
+                      fontsize=7)
+        ax.set(title=run["optimizer"], xlabel="step")
+    fig.colorbar(image, ax=axes[0].tolist(), label="% rows starved")
+    fig.suptitle("starved fraction per layer")
+    paths.append(_save(fig, out / "starved_heatmap.png"))
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def compare_report(results: dict[str, Any]) -> str:
+    """report.md: the table and what it shows, in plain words, whatever it shows."""
+    cfg, machine, runs = results["config"], results["machine"], results["runs"]
+    lines = [
+        "# aurora-opt compare",
+        "",
+        f"Model: byte-level GPT, {cfg['n_layer']} layers, d_model {cfg['d_model']}, {cfg['mlp']} MLP with expansion "
+        f"{cfg['mlp_expansion']} ({cfg['num_params']:,} parameters); {cfg['steps']} steps of {cfg['batch_size']}×"
+        f"{cfg['seq_len']} tokens; seed {cfg['seed']}; data: {cfg['data']['source']}.",
+        f"Learning rates: {cfg['lr_source']}. Machine: {machine['processor']}, {machine['cpu_count']} CPU cores, "
+        f"device {machine['device']}{', ' + machine['gpu'] if 'gpu' in machine else ''}, torch {machine['torch']}, "
+        f"1-min load average at start {machine.get('load_average', '?')}. Wall time {results['wall_seconds']:.0f} s.",
+        "",
+        "| optimizer | lr | weight decay | final val loss | starved rows | inactive units | s/step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        f = run["final"]
+        lines.append(f"| {run['optimizer']} | {run['lr']:g} | {run['weight_decay']:g} | {_fmt(f['val_loss'])} | "
+                     f"{_pct(f['starved_fraction'])} | {_pct(f['act_dead_fraction'])} | {f['sec_per_step']:.3f} |")
+    lines += ["", "## What this run shows", ""]
+    lines += [f"- {s}" for s in compare_findings(runs)]
+    lines += [
+        "",
+        f"Starved: a gate/up/fc row whose update share ‖ΔW_i‖²/(‖ΔW‖²/m), smoothed by an EMA, is below "
+        f"{STARVED_SHARE}. Inactive: a hidden unit whose mean |activation| is below 0.1 × its layer's median. "
+        "One seed and one small model: differences of a few hundredths of a nat are within seed noise "
+        "(see `aurora-opt sweep` for spread over seeds). s/step is wall time on a shared machine.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def compare_findings(runs: list[dict[str, Any]]) -> list[str]:
+    """Plain statements computed from the runs."""
+    findings = []
+    finals = {r["optimizer"]: r["final"] for r in runs}
+    starved = {name: f["starved_fraction"] for name, f in finals.items()}
+    peak = {r["optimizer"]: max(h["starved_fraction"] for h in r["history"]) for r in runs}
+    if all(v == 0 for v in peak.values()):
+        findings.append("No optimizer starved any row at any logged step: the starvation Aurora targets did not "
+                        "appear at this size, learning rate and length.")
+    else:
+        for name in finals:
+            findings.append(f"{name}: {_pct(starved[name])} of rows starved at the end (peak {_pct(peak[name])}).")
+    dead = {name: f["act_dead_fraction"] for name, f in finals.items()}
+    findings.append("Inactive hidden units at the end: " + ", ".join(f"{n} {_pct(v)}" for n, v in dead.items()) + ".")
+    losses = {n: f["val_loss"] for n, f in finals.items() if f["val_loss"] is not None}
+    if losses:
+        ranked = sorted(losses, key=losses.get)
+        best = ranked[0]
+        findings.append(f"Lowest final validation loss: {best} ({losses[best]:.4f}); "
+                        + ", ".join(f"{n} +{losses[n] - losses[best]:.4f}" for n in ranked[1:]) + ".")
+        if "muon" in losses and "aurora" in losses:
+            gap = losses["muon"] - losses["aurora"]
+            verdict = "better" if gap > 0 else "worse" if gap < 0 else "equal"
+            findings.append(f"Aurora vs Muon: Aurora's final validation loss is {abs(gap):.4f} nats/byte {verdict}.")
+    return findings
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+def sweep_summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and spread over seeds of each (expansion, optimizer, lr): final val loss and starved fraction."""
+    cells: dict[tuple[int, str, float], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        cells[(run["mlp_expansion"], run["optimizer"], run["lr"])].append(run["final"])
+    summary = []
+    for (expansion, optimizer, lr), finals in sorted(cells.items()):
+        losses = [f["val_loss"] for f in finals]
+        starved = [f["starved_fraction"] for f in finals]
+        summary.append({
+            "mlp_expansion": expansion, "optimizer": optimizer, "lr": lr, "seeds": len(finals),
+            "val_loss_mean": statistics.fmean(losses), "val_loss_std": statistics.pstdev(losses),
+            "starved_mean": statistics.fmean(starved), "starved_max": max(starved),
+            "act_dead_mean": statistics.fmean(f["act_dead_fraction"] for f in finals),
+        })
+    return summary
+
+
+def best_lrs(summary: list[dict[str, Any]]) -> dict[tuple[int, str], dict[str, Any]]:
+    """For each (expansion, optimizer), the cell with the lowest mean final validation loss."""
+    best: dict[tuple[int, str], dict[str, Any]] = {}
+    for cell in summary:
+        key = (cell["mlp_expansion"], cell["optimizer"])
+        if key not in best or cell["val_loss_mean"] < best[key]["val_loss_mean"]:
+            best[key] = cell
+    return best
+
+
+def plot_sweep(out: Path, summary: list[dict[str, Any]]) -> list[Path]:
+    require("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    expansions = sorted({c["mlp_expansion"] for c in summary})
+    optimizers = list(dict.fromkeys(c["optimizer"] for c in summary))
+    fig, axes = plt.subplots(2, len(expansions), figsize=(4.2 * len(expansions), 7), squeeze=False, sharex=True)
+    for j, expansion in enumerate(expansions):
+        for name in optimizers:
+            cells = [c for c in summary if c["mlp_expansion"] == expansion and c["optimizer"] == name]
+            lrs = [c["lr"] for c in cells]
+            axes[0][j].errorbar(lrs, [c["val_loss_mean"] for c in cells], yerr=[c["val_loss_std"] for c in cells],
+                                marker="o", capsize=3, label=name)
+            axes[1][j].plot(lrs, [100 * c["starved_mean"] for c in cells], marker="o", label=name)
+        axes[0][j].set(xscale="log", title=f"MLP expansion {expansion}", ylabel="final val loss (mean ± std over seeds)")
+        axes[1][j].set(xscale="log", xlabel="lr", ylabel="% rows starved at the end (mean)")
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    paths = [_save(fig, out / "sweep_lr.png")]
+
+    best = best_lrs(summary)
+    if "muon" in optimizers and "aurora" in optimizers:
+        xs, gains, errs = [], [], []
+        for expansion in expansions:
+            if (expansion, "muon") in best and (expansion, "aurora") in best:
+                m, a = best[(expansion, "muon")], best[(expansion, "aurora")]
+                xs.append(expansion)
+                gains.append(m["val_loss_mean"] - a["val_loss_mean"])
+                errs.append(math.hypot(m["val_loss_std"], a["val_loss_std"]))
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ax.errorbar(xs, gains, yerr=errs, marker="o", capsize=4)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(xlabel="MLP expansion factor", ylabel="Muon − Aurora final val loss (nats/byte)",
+               title="Aurora's gain over Muon, each at its best lr", xticks=xs)
+        ax.grid(alpha=0.3)
+        paths.append(_save(fig, out / "sweep_gain.png"))
+    return paths
+
+
+def sweep_report(results: dict[str, Any], summary: list[dict[str, Any]]) -> str:
+    cfg, machine = results["config"], results["machine"]
+    lines = [
+        "# aurora-opt sweep",
+        "",
+        f"Byte-level GPT, {cfg['n_layer']} layers, d_model {cfg['d_model']}, {cfg['mlp']} MLP; {cfg['steps']} steps of "
+        f"{cfg['batch_size']}×{cfg['seq_len']} tokens; seeds {cfg['seeds']}; weight decay "
+        f"{'each optimizer' + chr(39) + 's default' if cfg['weight_decay'] is None else cfg['weight_decay']}; "
+        f"data: {cfg['data']['source']}.",
+        f"Machine: {machine['processor']}, {machine['cpu_count']} CPU cores, device {machine['device']}, torch "
+        f"{machine['torch']}, 1-min load average at start {machine.get('load_average', '?')}. "
+        f"Wall time {results['wall_seconds']:.0f} s.",
+        "",
+        "| expansion | optimizer | lr | seeds | final val loss (mean ± std) | starved (mean / max) | inactive (mean) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    best = best_lrs(summary)
+    for c in summary:
+        mark = " **best**" if best[(c["mlp_expansion"], c["optimizer"])] is c else ""
+        lines.append(f"| {c['mlp_expansion']} | {c['optimizer']} | {c['lr']:g}{mark} | {c['seeds']} | "
+                     f"{c['val_loss_mean']:.4f} ± {c['val_loss_std']:.4f} | {_pct(c['starved_mean'])} / "
+                     f"{_pct(c['starved_max'])} | {_pct(c['act_dead_mean'])} |")
+    lines += ["", "## Each optimizer at its best lr", ""]
+    for (expansion, name), c in sorted(best.items()):
+        lines.append(f"- expansion {expansion}, {name}: lr {c['lr']:g}, val loss {c['val_loss_mean']:.4f} ± "
+                     f"{c['val_loss_std']:.4f}, starved {_pct(c['starved_mean'])}")
+    expansions = sorted({c["mlp_expansion"] for c in summary})
+    gains = [(e, best[(e, "muon")]["val_loss_mean"] - best[(e, "aurora")]["val_loss_mean"])
+             for e in expansions if (e, "muon") in best and (e, "aurora") in best]
+    if gains:
+        lines += ["", "Aurora's gain over Muon (Muon − Aurora best-lr mean val loss): "
+                  + ", ".join(f"expansion {e}: {g:+.4f}" for e, g in gains) + "."]
+        if len(gains) > 1:
+            trend = all(b[1] > a[1] for a, b in zip(gains, gains[1:]))
+            lines.append("The gain grows with the expansion factor across this grid." if trend else
+                         "The gain does not grow monotonically with the expansion factor across this grid.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,116 @@
+"""The aurora-opt command line: a few-step compare and sweep on a tiny model, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aurora_opt.cli import TUNED_LRS, build_parser, main
+
+TINY = ["--steps", "4", "--d-model", "16", "--n-layer", "1", "--n-head", "2", "--seq-len", "16", "--batch-size", "2",
+        "--log-every", "2", "--eval-every", "2", "--eval-batches", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(300)))
+    return path
+
+
+def check_results_shape(results: dict, optimizers: list[str], steps: int) -> None:
+    """results.json as documented: config, machine, runs[optimizer, mlp_expansion, lr, seed, history, final]."""
+    assert isinstance(results["config"], dict) and isinstance(results["machine"], dict)
+    assert [run["optimizer"] for run in results["runs"]] == optimizers
+    for run in results["runs"]:
+        assert isinstance(run["optimizer"], str) and isinstance(run["mlp_expansion"], int)
+        assert isinstance(run["lr"], float) and isinstance(run["seed"], int)
+        assert [h["step"] for h in run["history"]][-1] == steps
+        for record in run["history"]:
+            assert set(record) == {"step", "train_loss", "val_loss", "starved_fraction", "act_dead_fraction"}
+            assert isinstance(record["step"], int) and isinstance(record["train_loss"], float)
+            assert record["val_loss"] is None or isinstance(record["val_loss"], float)
+            assert 0.0 <= record["starved_fraction"] <= 1.0 and 0.0 <= record["act_dead_fraction"] <= 1.0
+        assert set(run["final"]) == {"val_loss", "starved_fraction", "act_dead_fraction", "sec_per_step"}
+        assert all(isinstance(v, float) for v in run["final"].values())
+
+
+def test_compare_writes_results_plots_and_report(tmp_path, text_file, capsys):
+    out = tmp_path / "out"
+    assert main(["compare", "--data", str(text_file), "--out", str(out), *TINY]) == 0
+    results = json.loads((out / "results.json").read_text())
+    check_results_shape(results, ["muon", "normuon", "unormuon", "aurora"], steps=4)
+    assert [run["lr"] for run in results["runs"]] == [TUNED_LRS[n] for n in ("muon", "normuon", "unormuon", "aurora")]
+    for plot in ("loss.png", "starved.png", "leverage.png", "starved_heatmap.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+    report = (out / "report.md").read_text()
+    assert "| aurora |" in report and "What this run shows" in report
+
+    # a second call with --resume reuses the finished runs
+    assert main(["compare", "--data", str(text_file), "--out", str(out), "--resume", *TINY]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert [r["history"] for r in again["runs"]] == [r["history"] for r in results["runs"]]
+
+
+def test_matched_lr_and_torch_optimizers(tmp_path, text_file):
+    out = tmp_path / "out"
+    argv = ["compare", "--optimizers", "adamw,torch_muon", "--lr", "0.01", "--data", str(text_file), "--out", str(out)]
+    assert main([*argv, *TINY]) == 0
+    results = json.loads((out / "results.json").read_text())
+    check_results_shape(results, ["adamw", "torch_muon"], steps=4)
+    assert [r["lr"] for r in results["runs"]] == [0.01, 0.01]
+
+
+def test_sweep_writes_summary_and_gain_plot(tmp_path, text_file):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--optimizers", "muon,aurora", "--expansions", "2,4", "--lrs", "0.02", "--seeds", "0",
+            "--data", str(text_file), "--out", str(out)]
+    assert main([*argv, *TINY, "--steps", "2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 4
+    assert {(r["mlp_expansion"], r["optimizer"]) for r in results["runs"]} == {
+        (2, "muon"), (2, "aurora"), (4, "muon"), (4, "aurora")}
+    for plot in ("sweep_lr.png", "sweep_gain.png"):
+        assert (out / plot).exists()
+    assert "best" in (out / "report.md").read_text()
+
+
+def _bad_shard(directory: Path) -> Path:
+    path = directory / "bad.bin"
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = (1234, 1, 4)
+    path.write_bytes(header.tobytes() + np.arange(4, dtype=np.uint16).tobytes())
+    return path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "--data", "/no/such/path"], "data path not found"),
+    (["compare", "--optimizers", "sgd"], "unknown optimizer 'sgd'"),
+    (["compare", "--lr", "fast"], "--lr"),
+    (["compare", "--d-model", "30", "--n-head", "4"], "multiple of n_head"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
+    assert main([*argv, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("aurora-opt: error:")
+
+
+def test_bad_shard_header_from_a_fresh_process(tmp_path):
+    shard = _bad_shard(tmp_path)
+    src = Path(__file__).resolve().parents[1] / "src"
+    proc = subprocess.run([sys.executable, "-m", "aurora_opt", "compare", "--data", str(shard), "--out", str(tmp_path)],
+                          capture_output=True, text=True, env={"PYTHONPATH": str(src), "PATH": ""}, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"aurora-opt: error: {shard}: bad shard magic 1234 (expected 20240520)"
+    assert "Traceback" not in proc.stderr
+
+
+def test_parser_lists_the_subcommands():
+    parser = build_parser()
+    assert parser.parse_args(["compare"]).command == "compare"
+    assert parser.parse_args(["sweep", "--expansions", "2,8"]).expansions == [2, 8]
