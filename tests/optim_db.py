@@ -58,6 +58,8 @@ OPTIM_DB: dict[str, OptimInfo] = {
             ({"balance_steps": 0}, "balance_steps"),
             ({"balance_beta": 0.0}, "balance_beta"),
             ({"balance_beta": 1.5}, "balance_beta"),
+            ({"balance_tolerance": -1e-3}, "balance_tolerance"),
+            ({"balance": "qr"}, "balance"),
         ],
     ),
     "riemannian_aurora": OptimInfo(

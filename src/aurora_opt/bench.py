@@ -280,8 +280,8 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aurora-opt bench", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (shared by ``aurora-opt bench`` and ``python -m aurora_opt.bench``)."""
     parser.add_argument("--out", type=Path, default=Path("benchmarks"), help="directory for bench.json and bench.md")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--polar", default=DEFAULT_POLAR, help="polar backend shared by every optimizer")
@@ -302,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         "swamped the ratios",
     )
     parser.add_argument("--quick", action="store_true", help="tiny shapes and model, for a smoke test")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark; write bench.json and bench.md under ``args.out``."""
     device = torch.device(args.device)
     if args.quick:
         shapes, args.d_model, args.layers, args.repeats, args.warmup, args.min_seconds = QUICK_SHAPES, 16, 1, 1, 0, 0.0
@@ -339,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "bench.md").write_text(markdown(report))
     print(markdown(report))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aurora-opt bench", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

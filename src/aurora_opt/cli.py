@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import bench
 from .train.checkpoint import CheckpointError
 from .train.data import Corpus, DataError, load_corpus
 from .train.report import (
@@ -35,10 +36,10 @@ from .train.trainer import RunResult, StopRequest, TrainConfig, optimizer_names,
 
 DEFAULT_OPTIMIZERS = ("muon", "normuon", "unormuon", "aurora")
 #: lr of each optimizer in ``compare`` by default. muon and aurora: the best of the CPU lr sweep in
-#: docs/results/lr-sweep-cpu (the default model, 300 steps, lr 0.01-0.1); the others were not swept and
-#: take their library default (NorMuon, U-NorMuon: Muon's 0.02, measured best for Muon)
+#: docs/results/lr-sweep-cpu (the default model, 300 steps, lr 0.01-0.1), also their library defaults;
+#: the others were not swept and take their library default (0.02)
 TUNED_LRS: dict[str, float] = {"muon": 0.02, "normuon": 0.02, "unormuon": 0.02, "aurora": 0.02,
-                               "riemannian_aurora": 0.05, "adamw": 3e-3, "torch_muon": 0.02}
+                               "riemannian_aurora": 0.02, "adamw": 3e-3, "torch_muon": 0.02}
 
 
 class UsageError(ValueError):
@@ -314,6 +315,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
                 _add_compare, run_compare),
     "sweep": ("MLP expansion × lr × seed grid: each optimizer at its best lr, and Aurora's gain vs expansion",
               _add_sweep, run_sweep),
+    "bench": ("time the optimizer step of Muon and the Auroras per matrix shape and for a small GPT, with accuracy",
+              bench.add_arguments, bench.run),
 }
 
 

@@ -149,7 +149,7 @@ class RiemannianAurora(SpectralOptimizer):
     def __init__(
         self,
         params: ParamsT,
-        lr: float = 0.05,
+        lr: float = 0.02,
         weight_decay: float = 0.025,
         *,
         ascent_steps: int = 5,
@@ -201,7 +201,7 @@ RiemannianAurora.__doc__ = rf"""Riemannian Aurora: Aurora's constrained argmax, 
     conjugate-gradient steps; retraction by the balanced polar factor). Invariant to the scale of
     the gradient; any shape and dtype. Several times the cost of Aurora.
 
-    Args:{spectral_kwargs_doc(0.05, 0.025)}
+    Args:{spectral_kwargs_doc(0.02, 0.025)}
         ascent_steps (int): Riemannian ascent steps (default: 5; 0 gives the balanced polar factor).
         balance_steps (int): at most this many Gram steps (``"gram"``) or polar factors
             (``"polar"``) per balancing (default: 12).
