@@ -1,4 +1,4 @@
-"""Soak run: thousands of CPU steps of a small byte-level model per optimizer, no NaN, memory flat.
+"""Soak run: thousands of CPU steps of the small GPT of `aurora-opt compare` per optimizer, no NaN, memory flat.
 
 The slow test (``pytest -m slow tests/test_soak.py``) runs ``AURORA_SOAK_STEPS`` steps (default
 2000) per optimizer; the default suite runs a short version of the same harness. Run this file as a
@@ -21,59 +21,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import aurora_opt
+from aurora_opt.train.gpt import GPT, GPTConfig
 
 SOAK_STEPS = int(os.environ.get("AURORA_SOAK_STEPS", "2000"))
 SMOKE_STEPS = 10
 #: RSS may grow this much between the end of warm-up and the last step. The allocator keeps freed
 #: blocks and glibc arenas settle over the first steps (a few MiB); a leak of even one 256×64 fp32
-#: matrix (64 KiB) per step would add 125 MiB over 2000 steps, far above this bound.
+#: matrix (64 KiB, a gate/up weight of the soak model) per step would add 125 MiB over 2000 steps.
 RSS_GROWTH_TOLERANCE_BYTES = 32 * 2**20
 #: steps before the RSS baseline is taken (allocator and autograd buffers reach their steady size)
 WARMUP_STEPS = 20
 #: optimizer state is allocated once per parameter on the first step: its bytes must not change at all
 STATE_GROWTH_TOLERANCE_BYTES = 0
-
-
-class MLPBlock(nn.Module):
-    """x + down(gelu(up(norm(x)))); ``up.weight`` is [expansion·d, d]: the tall input projection."""
-
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.up = nn.Linear(width, hidden)
-        self.down = nn.Linear(hidden, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.down(nn.functional.gelu(self.up(self.norm(x))))
-
-
-class ByteMLPModel(nn.Module):
-    """Next-byte prediction from the embeddings of the previous ``context`` bytes, concatenated."""
-
-    def __init__(self, context: int = 8, embed_dim: int = 8, blocks: int = 2, expansion: int = 4) -> None:
-        super().__init__()
-        width = context * embed_dim
-        self.embed = nn.Embedding(256, embed_dim)
-        self.blocks = nn.ModuleList(MLPBlock(width, expansion * width) for _ in range(blocks))
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, 256, bias=False)
-
-    def forward(self, context_bytes: torch.Tensor) -> torch.Tensor:
-        x = self.embed(context_bytes).flatten(1)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
-
-
-def model_groups(model: ByteMLPModel) -> list[dict]:
-    """The blocks' weight matrices for the spectral rule; embedding, head, norms and biases for AdamW."""
-    spectral = [(n, p) for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
-    spectral_ids = {id(p) for _, p in spectral}
-    adamw = [(n, p) for n, p in model.named_parameters() if id(p) not in spectral_ids]
-    return [{"params": spectral}, {"params": adamw, "algorithm": "adamw"}]
 
 
 def stdlib_bytes(limit: int = 2 * 2**20) -> torch.Tensor:
@@ -118,23 +79,27 @@ class SoakResult:
     seconds: float
 
 
-def soak(name: str, steps: int, *, batch: int = 64, context: int = 8, seed: int = 0) -> SoakResult:
-    """Train ByteMLPModel for ``steps`` steps with optimizer ``name``; measure losses and memory."""
+#: the model of ``aurora-opt compare`` at its defaults (SwiGLU, expansion 4: gate/up are 256×64)
+SOAK_MODEL = GPTConfig(seq_len=64, n_layer=2, n_head=4, d_model=64, mlp_expansion=4)
+
+
+def soak(name: str, steps: int, *, batch: int = 16, seed: int = 0) -> SoakResult:
+    """Train the project's small GPT for ``steps`` steps with optimizer ``name``; measure losses and memory."""
     torch.manual_seed(seed)
     data = stdlib_bytes()
-    model = ByteMLPModel(context=context)
-    optimizer = aurora_opt.OPTIMIZERS[name](model_groups(model), adamw_lr=3e-3)
+    model = GPT(SOAK_MODEL)
+    optimizer = aurora_opt.OPTIMIZERS[name](aurora_opt.param_groups(model), adamw_lr=3e-3)
     generator = torch.Generator().manual_seed(seed)
-    offsets = torch.arange(context + 1)
+    offsets = torch.arange(SOAK_MODEL.seq_len + 1)
 
     losses: list[float] = []
     all_finite = True
     rss_after_warmup = state_bytes_first = 0
     start = time.perf_counter()
     for step in range(steps):
-        starts = torch.randint(0, data.numel() - context - 1, (batch, 1), generator=generator)
+        starts = torch.randint(0, data.numel() - SOAK_MODEL.seq_len - 1, (batch, 1), generator=generator)
         window = data[starts + offsets]
-        loss = nn.functional.cross_entropy(model(window[:, :context]), window[:, context])
+        loss = model(window[:, :-1], window[:, 1:])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
