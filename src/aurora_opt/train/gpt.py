@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..param_groups import param_groups
+
 MLP_KINDS = ("swiglu", "gelu")
 
 
@@ -124,14 +126,8 @@ class GPT(nn.Module):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """``[spectral group, adamw group]``: the blocks' matrices to the spectral rule; embeddings,
-        the head and the norm gains to AdamW."""
-        spectral: dict[str, Any] = {"params": [], "param_names": []}
-        adamw: dict[str, Any] = {"params": [], "param_names": [], "algorithm": "adamw"}
-        for name, p in self.named_parameters():
-            group = spectral if name.startswith("blocks.") and p.dim() == 2 else adamw
-            group["params"].append(p)
-            group["param_names"].append(name)
-        return [spectral, adamw]
+        the head and the norm gains to AdamW (:func:`aurora_opt.param_groups`)."""
+        return param_groups(self)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
