@@ -34,6 +34,9 @@ from .aurora import (
 RETRACTION_BETA = {"polar": 0.5, "gram": 0.65}
 #: rows must be this close to uniform (max |ℓ_i/ℓ̄ − 1|) after the start and every retraction
 ROW_TOLERANCE = 1e-3
+#: max |UᵀU − I| of a start point that counts as semi-orthogonal: fp32 polar factors are within ~1e-5
+#: and bf16 ones ~1e-2, while a missing direction (rank-deficient momentum) shows as ~1
+FULL_RANK_TOLERANCE = 0.25
 #: CG stops once ‖r‖² ≤ CG_TOLERANCE·‖q‖² (relative residual 1e-12: float64 round-off level)
 CG_TOLERANCE = 1e-24
 
@@ -130,13 +133,17 @@ def riemannian_aurora_direction(
         return (X * U).sum(dim=(-2, -1), keepdim=True)
 
     U = retract(X)
+    # The ascent moves on {UᵀU = I}; a rank-deficient X gives a partial isometry (UᵀU ≠ I), which the
+    # tangent projection does not describe, so such matrices keep their balanced start point.
+    eye = torch.eye(X.size(-1), dtype=U.dtype, device=U.device)
+    full_rank = (U.mT @ U - eye).abs().amax(dim=(-2, -1), keepdim=True) <= FULL_RANK_TOLERANCE
     value = objective(U)
     t = X.size(-1) / value.clamp_min(TINY)
     for _ in range(ascent_steps):
         Z = tangent_projection(X, U, cg_steps=cg_steps)
         candidate = retract(U + t * Z)
         candidate_value = objective(candidate)
-        better = candidate_value > value
+        better = (candidate_value > value) & full_rank
         U = torch.where(better, candidate, U)
         value = torch.where(better, candidate_value, value)
         t = torch.where(better, 1.5 * t, 0.5 * t)
