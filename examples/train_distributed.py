@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sysconfig
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -26,6 +24,7 @@ from torch.nn import functional as F
 
 from aurora_opt import OPTIMIZERS, get_optimizer, param_groups
 from aurora_opt.distributed import distribute_model, init_distributed
+from aurora_opt.train.data import stdlib_prefix
 
 
 class Block(nn.Module):
@@ -67,18 +66,6 @@ class ByteGPT(nn.Module):
         return self.head(self.norm(x))
 
 
-def stdlib_bytes(limit: int = 4_000_000) -> torch.Tensor:
-    """Bytes of the standard library's .py files (sorted, so every rank reads the same text)."""
-    chunks, total = [], 0
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-        data = path.read_bytes()
-        chunks.append(data)
-        total += len(data)
-        if total >= limit:
-            break
-    return torch.frombuffer(bytearray(b"".join(chunks)[:limit]), dtype=torch.uint8).long()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=("ddp", "fsdp2"), default="ddp")
@@ -112,7 +99,7 @@ def main() -> None:
         options["process_group"] = "local"
     optimizer = get_optimizer(args.optimizer)(param_groups(model), **options)
 
-    text = stdlib_bytes().to(device)
+    text = stdlib_prefix(4_000_000).to(device)
     generator = torch.Generator().manual_seed(1 + rank)  # each rank its own batches
     step_times, cpu_times, losses = [], [], []
     for _ in range(args.steps):

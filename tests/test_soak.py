@@ -14,7 +14,6 @@ import math
 import os
 import resource
 import sys
-import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 import torch
 
 import aurora_opt
+from aurora_opt.train.data import stdlib_prefix
 from aurora_opt.train.gpt import GPT, GPTConfig
 
 SOAK_STEPS = int(os.environ.get("AURORA_SOAK_STEPS", "2000"))
@@ -35,19 +35,6 @@ RSS_GROWTH_TOLERANCE_BYTES = 32 * 2**20
 WARMUP_STEPS = 20
 #: optimizer state is allocated once per parameter on the first step: its bytes must not change at all
 STATE_GROWTH_TOLERANCE_BYTES = 0
-
-
-def stdlib_bytes(limit: int = 2 * 2**20) -> torch.Tensor:
-    """Up to ``limit`` bytes of the Python standard library's own source (always present, no download)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    chunks, total = [], 0
-    for path in sorted(root.glob("*.py")):
-        data = path.read_bytes()
-        chunks.append(data)
-        total += len(data)
-        if total >= limit:
-            break
-    return torch.frombuffer(bytearray(b"".join(chunks)[:limit]), dtype=torch.uint8).long()
 
 
 def rss_bytes() -> int:
@@ -86,7 +73,7 @@ SOAK_MODEL = GPTConfig(seq_len=64, n_layer=2, n_head=4, d_model=64, mlp_expansio
 def soak(name: str, steps: int, *, batch: int = 16, seed: int = 0) -> SoakResult:
     """Train the project's small GPT for ``steps`` steps with optimizer ``name``; measure losses and memory."""
     torch.manual_seed(seed)
-    data = stdlib_bytes()
+    data = stdlib_prefix(2 * 2**20)
     model = GPT(SOAK_MODEL)
     optimizer = aurora_opt.OPTIMIZERS[name](aurora_opt.param_groups(model), adamw_lr=3e-3)
     generator = torch.Generator().manual_seed(seed)

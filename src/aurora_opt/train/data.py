@@ -79,6 +79,19 @@ def stdlib_corpus(min_tokens: int = 2) -> Corpus:
     return _bytes_corpus(files, f"python-stdlib:{root}", min_tokens)
 
 
+def stdlib_prefix(limit: int) -> Tensor:
+    """The first ``limit`` bytes of the standard library's top-level ``.py`` files, in name order,
+    as byte tokens: a fixed text that is quick to read (examples, soak runs)."""
+    chunks, total = [], 0
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        data = path.read_bytes()
+        chunks.append(data)
+        total += len(data)
+        if total >= limit:
+            break
+    return torch.frombuffer(bytearray(b"".join(chunks)[:limit]), dtype=torch.uint8).long()
+
+
 def text_corpus(path: Path, min_tokens: int = 2) -> Corpus:
     """A text file, or every file under a directory (hidden ones left out), as byte tokens."""
     if path.is_file():
