@@ -253,3 +253,60 @@ def test_loss_falls_on_a_small_model(name):
         last = opt.step(closure).item()
     assert math.isfinite(last)
     assert last < 0.5 * first, f"{name}: loss {first:.3f} → {last:.3f}"
+
+
+# ---------------------------------------------------------------------- torch.optim's contract
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad", ["momentun", "betas", "capturable"])
+def test_unknown_keyword_arguments_raise_type_error_naming_them(name, bad):
+    spectral, _ = make_params()
+    with pytest.raises(TypeError, match=bad):
+        get_optimizer(name)(spectral, **{bad: 0.5})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_maximize_equals_minimizing_the_negated_gradient(name):
+    spectral, adamw = make_params()
+    mirror_spectral, mirror_adamw = make_params()
+    ascending = make_optimizer(name, spectral, adamw, maximize=True)
+    descending = make_optimizer(name, mirror_spectral, mirror_adamw)
+    for t in range(3):
+        set_grads(spectral + adamw, t)
+        set_grads(mirror_spectral + mirror_adamw, t)
+        for p in mirror_spectral + mirror_adamw:
+            p.grad.neg_()
+        ascending.step()
+        descending.step()
+    for a, b in zip(spectral + adamw, mirror_spectral + mirror_adamw):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_on_the_meta_device(name):
+    spectral = [nn.Parameter(torch.empty(s, device="meta")) for s in SPECTRAL_SHAPES]
+    adamw = [nn.Parameter(torch.empty(s, device="meta")) for s in ADAMW_SHAPES]
+    opt = make_optimizer(name, spectral, adamw)
+    for p in spectral + adamw:
+        p.grad = torch.empty_like(p)
+    opt.step()
+    assert all(t.device.type == "meta" for state in opt.state.values() for t in state.values() if torch.is_tensor(t))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tensor_lr_gives_the_float_lr_result(name):
+    # a 0-d tensor lr (what a compiled step with a scheduler needs) takes a different multiply than a
+    # Python float; fp32 rounding of that one product is the only difference: 1e-6 relative
+    floats, _ = run(name, 3, lr=0.02, adamw_lr=1e-2)
+    tensors, opt = run(name, 3, lr=torch.tensor(0.02), adamw_lr=torch.tensor(1e-2))
+    assert isinstance(opt.param_groups[0]["lr"], torch.Tensor)
+    for a, b in zip(floats, tensors):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([0.02, 0.01]), torch.tensor(-0.02), torch.tensor(2)])
+def test_bad_tensor_lrs_raise(bad):
+    spectral, _ = make_params()
+    with pytest.raises(ValueError, match="lr"):
+        aurora_opt.Muon(spectral, lr=bad)

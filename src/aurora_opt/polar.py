@@ -15,7 +15,6 @@ takes the backend's default. Pick a backend by name with :func:`get_polar`.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Protocol
 
@@ -146,24 +145,44 @@ def _minimax_odd_quintic(lower: float, upper: float) -> tuple[float, float, floa
     return a, b, c, abs(E)
 
 
-@functools.lru_cache(maxsize=None)
-def polar_express_coefficients(
-    steps: int, lower: float = POLAR_EXPRESS_LOWER, safety: float = POLAR_EXPRESS_SAFETY
-) -> tuple[tuple[float, float, float], ...]:
-    """The greedy Polar Express schedule, computed (not tabulated) from the paper's construction.
+def _minimax_sequence(lower: float, count: int) -> tuple[tuple[float, float, float], ...]:
+    """The greedy Polar Express sequence of ``count`` quintics, without the safety factor.
 
     Step t takes the minimax quintic on the current interval [l, u] (u = 1 at first); its image is
-    [1 − E, 1 + E], the next interval. Once the error stops shrinking (E ≈ 0 in float64) the
-    remaining steps use the Taylor quintic (15σ − 10σ³ + 3σ⁵)/8, its limit.
+    [1 − E, 1 + E], the next interval. Once the interval is narrower than
+    ``POLAR_EXPRESS_TAYLOR_WIDTH`` the remaining steps use the Taylor quintic, its limit.
     """
     lo, hi = lower, 1.0
-    schedule: list[tuple[float, float, float]] = []
-    for t in range(steps):
+    sequence: list[tuple[float, float, float]] = []
+    for _ in range(count):
         if hi - lo > POLAR_EXPRESS_TAYLOR_WIDTH:
             a, b, c, E = _minimax_odd_quintic(lo, hi)
             lo, hi = 1.0 - E, 1.0 + E
         else:
             a, b, c = TAYLOR_QUINTIC_COEFFICIENTS
+        sequence.append((a, b, c))
+    return tuple(sequence)
+
+
+#: The default sequence, computed once at import (a few ms): the step runs only plain arithmetic on
+#: it, so a compiled step neither recomputes it nor breaks its graph. Past its length every
+#: quintic is the Taylor quintic (the interval has converged after 8 steps).
+_DEFAULT_SEQUENCE = _minimax_sequence(POLAR_EXPRESS_LOWER, 16)
+
+
+def polar_express_coefficients(
+    steps: int, lower: float = POLAR_EXPRESS_LOWER, safety: float = POLAR_EXPRESS_SAFETY
+) -> tuple[tuple[float, float, float], ...]:
+    """The greedy Polar Express schedule of ``steps`` quintics, computed (not tabulated) from the
+    paper's construction: the minimax sequence, every step but the last evaluated at σ/``safety``."""
+    if lower == POLAR_EXPRESS_LOWER and steps <= len(_DEFAULT_SEQUENCE):
+        sequence = _DEFAULT_SEQUENCE[:steps]
+    elif lower == POLAR_EXPRESS_LOWER:
+        sequence = _DEFAULT_SEQUENCE + (TAYLOR_QUINTIC_COEFFICIENTS,) * (steps - len(_DEFAULT_SEQUENCE))
+    else:
+        sequence = _minimax_sequence(lower, steps)
+    schedule = []
+    for t, (a, b, c) in enumerate(sequence):
         s = safety if t < steps - 1 else 1.0
         schedule.append((a / s, b / s**3, c / s**5))
     return tuple(schedule)

@@ -1,6 +1,6 @@
 """One module per optimizer over the shared shell in ``_spectral``."""
 
-from ._spectral import NonFiniteGradError, SpectralOptimizer, adjust_lr, as_matrices
+from ._spectral import NonFiniteGradError, SpectralOptimizer, adjust_lr, as_matrices, sync_free
 from .aurora import Aurora, aurora_direction, balanced_polar, row_uniformity_error
 from .muon import Muon, muon_direction
 from .normuon import NorMuon, normuon_direction
@@ -23,5 +23,6 @@ __all__ = [
     "normuon_direction",
     "riemannian_aurora_direction",
     "row_uniformity_error",
+    "sync_free",
     "unormuon_direction",
 ]

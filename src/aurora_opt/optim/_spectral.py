@@ -6,8 +6,9 @@ state it needs and ``_direction``, the map from the momentum matrices to the upd
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -30,7 +31,31 @@ class NonFiniteGradError(RuntimeError):
     """A gradient holds NaN or ±inf; nothing was changed by the step that found it."""
 
 
-def adjust_lr(lr: float, adjust_lr_fn: str | None, m: int, n: int) -> float:
+_sync_free_everywhere = False
+
+
+@contextlib.contextmanager
+def sync_free() -> Iterator[None]:
+    """Run steps as on CUDA on every device: no host synchronization (tests, CPU benchmarks)."""
+    global _sync_free_everywhere
+    previous, _sync_free_everywhere = _sync_free_everywhere, True
+    try:
+        yield
+    finally:
+        _sync_free_everywhere = previous
+
+
+def host_syncs_allowed(t: Tensor) -> bool:
+    """Whether the step may read values of ``t`` on the host: only on the CPU in eager mode.
+
+    There a read costs nothing and lets loops stop early; on CUDA (and under ``torch.compile``,
+    inside :func:`sync_free`) every loop runs a fixed count with masked updates, so the step never
+    stalls the GPU and can be captured in a CUDA graph.
+    """
+    return t.device.type == "cpu" and not _sync_free_everywhere and not torch.compiler.is_compiling()
+
+
+def adjust_lr(lr: float | Tensor, adjust_lr_fn: str | None, m: int, n: int) -> float | Tensor:
     """The lr actually applied to an m×n matrix, in units of spectral norm per update.
 
     ``None``/``"original"``: lr·sqrt(max(1, m/n)) (Keller Jordan's Muon, torch.optim.Muon's default);
@@ -54,6 +79,18 @@ def as_matrices(t: Tensor) -> Tensor:
     return t.reshape(1, t.size(0), -1)
 
 
+def _check_lr(value: Any) -> None:
+    """lr: a number ≥ 0, or a 0-d real tensor holding one (a scheduler may change it in place, so a
+    compiled step does not recompile)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.dim() != 0 or not value.is_floating_point():
+            raise ValueError(f"invalid lr: a tensor lr must be a 0-d floating tensor, got shape {tuple(value.shape)} {value.dtype}")
+        if value.device.type != "meta":
+            _check_float("lr", float(value), 0.0)
+        return
+    _check_float("lr", value, 0.0)
+
+
 def _check_float(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
@@ -69,7 +106,7 @@ def _check_int(name: str, value: Any, low: int) -> None:
 
 
 def _check_adamw_hyperparameters(hp: dict[str, Any]) -> None:
-    _check_float("lr", hp["lr"], 0.0)
+    _check_lr(hp["lr"])
     _check_float("eps", hp["eps"], 0.0)
     _check_float("weight_decay", hp["weight_decay"], 0.0)
     betas = hp["betas"]
@@ -110,16 +147,26 @@ class SpectralOptimizer(Optimizer):
         adamw_betas: tuple[float, float] = ADAMW_DEFAULTS["betas"],
         adamw_eps: float = ADAMW_DEFAULTS["eps"],
         adamw_weight_decay: float = ADAMW_DEFAULTS["weight_decay"],
+        maximize: bool = False,
         process_group: Any = None,
-        **algorithm_defaults: Any,
+        algorithm_defaults: dict[str, Any] | None = None,
+        **unexpected: Any,
     ) -> None:
+        if unexpected:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s): {', '.join(sorted(unexpected))}")
         self._process_group_arg = process_group
         distributed.resolve_process_group(process_group)
         if on_nonfinite_grad not in NONFINITE_POLICIES:
             raise ValueError(f"invalid on_nonfinite_grad: {on_nonfinite_grad!r} (expected one of {NONFINITE_POLICIES})")
         self.on_nonfinite_grad = on_nonfinite_grad
-        self.skipped_steps = 0
-        self._adamw_defaults = {"lr": adamw_lr, "betas": adamw_betas, "eps": adamw_eps, "weight_decay": adamw_weight_decay}
+        self._skipped_steps: Tensor | int = 0
+        self._adamw_defaults = {
+            "lr": adamw_lr,
+            "betas": adamw_betas,
+            "eps": adamw_eps,
+            "weight_decay": adamw_weight_decay,
+            "maximize": maximize,
+        }
         _check_adamw_hyperparameters(self._adamw_defaults)
         defaults = dict(
             algorithm=self.algorithm,
@@ -132,7 +179,8 @@ class SpectralOptimizer(Optimizer):
             polar=polar,
             ns_steps=ns_steps,
             polar_dtype=polar_dtype,
-            **algorithm_defaults,
+            maximize=maximize,
+            **(algorithm_defaults or {}),
         )
         super().__init__(params, defaults)
 
@@ -166,8 +214,10 @@ class SpectralOptimizer(Optimizer):
                 f"invalid algorithm {group['algorithm']!r} for {type(self).__name__}: "
                 f"expected {self.algorithm!r} or {ADAMW!r}"
             )
-        _check_float("lr", group["lr"], 0.0)
+        _check_lr(group["lr"])
         _check_float("weight_decay", group["weight_decay"], 0.0)
+        if not isinstance(group["maximize"], bool):
+            raise ValueError(f"invalid maximize: {group['maximize']!r} (expected a bool)")
         _check_float("momentum", group["momentum"], 0.0, 1.0)
         if group["momentum"] == 1.0:
             raise ValueError("invalid momentum: 1.0 (expected a number in [0, 1))")
@@ -207,6 +257,11 @@ class SpectralOptimizer(Optimizer):
         return f"parameter {names[index]!r}" if names else f"parameter {index} of its group"
 
     # ------------------------------------------------------------------ state dict
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite gradient (``on_nonfinite_grad="skip"``); reading it syncs."""
+        return int(self._skipped_steps)
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["skipped_steps"] = self.skipped_steps
@@ -214,15 +269,19 @@ class SpectralOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
-        self.skipped_steps = int(state_dict.pop("skipped_steps", 0))
+        self._skipped_steps = int(state_dict.pop("skipped_steps", 0))
         super().load_state_dict(state_dict)
 
     # ------------------------------------------------------------------ the step
-    def _check_grads(self) -> bool:
-        """Raise on complex/sparse gradients; return False (or raise) if any is non-finite.
+    def _check_grads(self) -> bool | Tensor:
+        """Raise on complex/sparse gradients; decide whether the step applies.
 
-        Runs before anything is changed, so an error or a skipped step leaves parameters and
-        state exactly as they were.
+        Returns True (apply), False (skip: a gradient is non-finite) or, where the step must not read
+        device values on the host (:func:`host_syncs_allowed`), a 0-d bool tensor that masks every
+        update of the step. Runs before anything is changed, so an error or a skipped step leaves
+        parameters and state exactly as they were. ``"raise"`` reads one flag on the host per step
+        (eager); under ``torch.compile`` it becomes a device-side assertion instead, which stops the
+        step with a RuntimeError (CPU) or a CUDA device-side assert.
         """
         grads, where = [], []
         for group in self.param_groups:
@@ -235,10 +294,16 @@ class SpectralOptimizer(Optimizer):
                     raise RuntimeError(f"{self._param_name(group, index)} has a complex gradient; {type(self).__name__} needs real gradients")
                 grads.append(p.grad)
                 where.append((group, index, p))
-        if not grads:
+        if not grads or grads[0].device.type == "meta":  # meta tensors hold no values to check
             return True
         finite = distributed.finite_flags(grads, distributed.resolve_process_group(self._process_group_arg))
-        if bool(finite.all()):
+        all_finite = finite.all()
+        if self.on_nonfinite_grad == "skip" and not host_syncs_allowed(all_finite):
+            return all_finite
+        if torch.compiler.is_compiling():
+            torch._assert_async(all_finite, "a gradient is non-finite (NaN or inf); the optimizer step was stopped")
+            return True
+        if bool(all_finite):
             return True
         if self.on_nonfinite_grad == "skip":
             return False
@@ -257,28 +322,52 @@ class SpectralOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not self._check_grads():
-            self.skipped_steps += 1
+        decision = self._check_grads()
+        if decision is False:
+            self._skipped_steps = self._skipped_steps + 1
             return loss
+        apply = None if decision is True else decision
+        self._init_group()
+        if apply is not None:
+            if not isinstance(self._skipped_steps, Tensor):
+                self._skipped_steps = torch.tensor(self._skipped_steps, device=apply.device)
+            self._skipped_steps.add_(~apply)
         for group in self.param_groups:
             if group["algorithm"] == ADAMW:
-                self._adamw_step(group)
+                self._adamw_step(group, apply)
             else:
-                self._spectral_step(group)
+                self._spectral_step(group, apply)
         return loss
 
-    def _adamw_step(self, group: dict[str, Any]) -> None:
+    def _init_group(self) -> None:
+        """Create the missing lazy state of every parameter that has a gradient.
+
+        ``torch.compile`` runs a method of this name eagerly instead of tracing it (as for
+        torch.optim's own optimizers), so the first step compiles the same graph as every later one.
+        """
+        for group, p in ((group, p) for group in self.param_groups for p in group["params"]):
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if group["algorithm"] == ADAMW:
+                if not state:
+                    # the step count lives on the parameter's device: bias corrections need no host sync
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                elif state["step"].device != p.device:  # a checkpoint saved by an older version
+                    state["step"] = state["step"].to(p.device)
+            elif not state and p.numel() > 0:
+                self._init_state(p, state, group)
+
+    def _adamw_step(self, group: dict[str, Any], apply: Tensor | None) -> None:
         for p in group["params"]:
             if p.grad is None:
                 continue
             state = self.state[p]
-            if not state:
-                state["step"] = torch.zeros((), dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             adamw_update_(
                 p,
-                p.grad,
+                -p.grad if group["maximize"] else p.grad,
                 state["exp_avg"],
                 state["exp_avg_sq"],
                 state["step"],
@@ -286,28 +375,35 @@ class SpectralOptimizer(Optimizer):
                 betas=tuple(group["betas"]),
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
+                apply=apply,
             )
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         """Create the lazy state of a spectral parameter (override to add more, then call this)."""
         state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _spectral_step(self, group: dict[str, Any]) -> None:
+    def _spectral_step(self, group: dict[str, Any], apply: Tensor | None) -> None:
         # an empty matrix has no direction to take
         params = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
         process_group = self._step_process_group(group, params)
         if not params:
             return
+        momentum = group["momentum"]
         momenta, states = [], []
         for p in params:
             state = self.state[p]
-            if not state:
-                self._init_state(p, state, group)
             grad = distributed.local_tensor(p.grad)
             buf = distributed.local_tensor(state["momentum_buffer"])
-            buf.lerp_(grad, 1 - group["momentum"])
-            momenta.append(grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf)
+            if group["maximize"]:
+                grad = -grad
+            if apply is None:
+                buf.lerp_(grad, 1 - momentum)
+            else:  # a skipped step leaves the buffer as it was (weight 0, gradient zeroed)
+                grad = torch.where(apply, grad, 0)
+                buf.lerp_(grad, torch.where(apply, 1 - momentum, 0.0).to(buf.dtype))
+            momenta.append(grad.lerp(buf, momentum) if group["nesterov"] else buf)
             states.append(state)
+        saved_state = None if apply is None else [t.clone() for s in states for t in self._direction_state(s)]
         orthogonalize = make_orthogonalizer(
             group["polar"], steps=group["ns_steps"], eps=group["eps"], dtype=group["polar_dtype"]
         )
@@ -331,11 +427,24 @@ class SpectralOptimizer(Optimizer):
                 )
             else:
                 directions = distributed.replicated_directions(momenta, dtypes, direction_state, compute, process_group)
+        if saved_state is not None:
+            for t, old in zip((t for s in states for t in self._direction_state(s)), saved_state):
+                t.copy_(torch.where(apply, t, old))
+        lr = group["lr"]
+        decay = 1 - lr * group["weight_decay"]
+        if apply is not None:
+            decay = torch.where(apply, decay, 1.0)
         for p, U in zip(params, directions):
             _, m, n = distributed.matrix_shape(p.shape)
             weight = distributed.local_tensor(p)
-            weight.mul_(1 - group["lr"] * group["weight_decay"])
-            weight.add_(U, alpha=-adjust_lr(group["lr"], group["adjust_lr_fn"], m, n))
+            weight.mul_(decay)
+            scale = adjust_lr(lr, group["adjust_lr_fn"], m, n)
+            if apply is not None:
+                U = torch.where(apply, U, 0)
+            if isinstance(scale, Tensor):
+                weight.addcmul_(U, scale.to(U.dtype), value=-1)
+            else:
+                weight.add_(U, alpha=-scale)
 
     def _step_process_group(self, group: dict[str, Any], params: list[Tensor]) -> Any | None:
         """The process group this step shares its work over (``None``: alone), after checking the setup.
@@ -419,7 +528,7 @@ class SpectralOptimizer(Optimizer):
 def stacking_plan(momenta: list[Tensor], states: list[dict[str, Any]], stackable_keys: set[str]) -> list[list[int]]:
     """Indices of matrices to handle together: same shape, dtype and device, state keys all in
     ``stackable_keys``, at most as many elements per chunk as the largest matrix (at least one)."""
-    budget = max((M.numel() for M in momenta), default=0)
+    budget = max([M.numel() for M in momenta] + [0])
     groups: dict[tuple, list[int]] = {}
     chunks: list[list[int]] = []
     for i, (M, state) in enumerate(zip(momenta, states)):

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ._spectral import SpectralOptimizer, _check_float, _check_int, spectral_kwargs_doc
+from ._spectral import SpectralOptimizer, _check_float, _check_int, host_syncs_allowed, spectral_kwargs_doc
 
 #: smallest positive value used where a norm or a leverage score is divided by (fp32-safe)
 TINY = 1e-30
@@ -117,7 +117,7 @@ def balanced_polar(
         step = (_active_mean(lev, active) / lev.clamp_min(TINY)).pow(beta)
         if tolerance > 0:  # matrices already balanced keep their D, so each matrix of a batch
             done = row_uniformity_error(U, active) <= tolerance  # gets what it would get alone
-            if bool(done.all()):
+            if host_syncs_allowed(done) and bool(done.all()):
                 break
             step = torch.where(done.view(-1, 1, 1), torch.ones_like(step), step)
         D = D * step * active
@@ -138,7 +138,13 @@ def gram_leverage(X: Tensor, D: Tensor) -> Tensor:
     trace = diagonal.sum(dim=-1, keepdim=True).clamp_min(TINY)  # [B, 1]
     diagonal.add_(ridge * trace)
     L, info = torch.linalg.cholesky_ex(C)
-    while bool((info > 0).any()) and ridge < 1.0:
+    # Retry the failed factorizations with a larger ridge until it reaches 1 (always positive
+    # definite). On the CPU in eager mode only while some failed; elsewhere every retry runs, masked,
+    # so that the step needs no host synchronization.
+    early_exit = host_syncs_allowed(info)
+    while ridge < 1.0:
+        if early_exit and not bool((info > 0).any()):
+            break
         failed = (info > 0).unsqueeze(-1)
         diagonal.add_(failed * (RIDGE_GROWTH - 1) * ridge * trace)
         ridge *= RIDGE_GROWTH
@@ -185,7 +191,7 @@ def gram_balanced_polar(
         step = (mean / lev.clamp_min(TINY)).pow(beta)
         if tolerance > 0:  # balanced matrices keep their D: each matrix gets what it would alone
             done = ((lev / mean.clamp_min(TINY) - 1).abs() * active).amax(dim=(-2, -1)) <= tolerance
-            if bool(done.all()):
+            if host_syncs_allowed(done) and bool(done.all()):
                 break
             step = torch.where(done.view(-1, 1, 1), torch.ones_like(step), step)
         D = D * step * active
@@ -275,11 +281,13 @@ class Aurora(SpectralOptimizer):
             params,
             lr=lr,
             weight_decay=weight_decay,
-            balance=balance,
-            balance_steps=default_steps if balance_steps is None else balance_steps,
-            balance_beta=default_beta if balance_beta is None else balance_beta,
-            balance_tolerance=default_tolerance if balance_tolerance is None else balance_tolerance,
-            warm_start=warm_start,
+            algorithm_defaults={
+                "balance": balance,
+                "balance_steps": default_steps if balance_steps is None else balance_steps,
+                "balance_beta": default_beta if balance_beta is None else balance_beta,
+                "balance_tolerance": default_tolerance if balance_tolerance is None else balance_tolerance,
+                "warm_start": warm_start,
+            },
             **kwargs,
         )
 

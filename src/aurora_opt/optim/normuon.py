@@ -32,7 +32,7 @@ class NorMuon(SpectralOptimizer):
     def __init__(
         self, params: ParamsT, lr: float = 0.02, weight_decay: float = 0.0, *, beta2: float = 0.95, **kwargs: Any
     ) -> None:
-        super().__init__(params, lr=lr, weight_decay=weight_decay, beta2=beta2, **kwargs)
+        super().__init__(params, lr=lr, weight_decay=weight_decay, algorithm_defaults={"beta2": beta2}, **kwargs)
 
     def _validate_algorithm(self, group: dict[str, Any]) -> None:
         _check_float("beta2", group["beta2"], 0.0, 1.0)

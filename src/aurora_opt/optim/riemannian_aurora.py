@@ -171,10 +171,12 @@ class RiemannianAurora(SpectralOptimizer):
             params,
             lr=lr,
             weight_decay=weight_decay,
-            ascent_steps=ascent_steps,
-            balance_steps=balance_steps,
-            cg_steps=cg_steps,
-            balance=balance,
+            algorithm_defaults={
+                "ascent_steps": ascent_steps,
+                "balance_steps": balance_steps,
+                "cg_steps": cg_steps,
+                "balance": balance,
+            },
             **kwargs,
         )
 
