@@ -53,13 +53,14 @@ OPTIM_DB: dict[str, OptimInfo] = {
     ),
     "unormuon": OptimInfo(variants=[{}, *COMMON_VARIANTS]),
     "aurora": OptimInfo(
-        variants=[{}, *COMMON_VARIANTS, {"balance_steps": 5, "balance_beta": 1.0}],
+        variants=[{}, *COMMON_VARIANTS, {"balance_steps": 5, "balance_beta": 1.0}, {"row_correction": False}],
         error_inputs=[
             ({"balance_steps": 0}, "balance_steps"),
             ({"balance_beta": 0.0}, "balance_beta"),
             ({"balance_beta": 1.5}, "balance_beta"),
             ({"balance_tolerance": -1e-3}, "balance_tolerance"),
             ({"balance": "qr"}, "balance"),
+            ({"row_correction": 1}, "row_correction"),
         ],
     ),
     "riemannian_aurora": OptimInfo(

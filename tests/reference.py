@@ -63,13 +63,17 @@ def unormuon_direction(M: Tensor, eps: float) -> Tensor:
     return U
 
 
-def aurora_direction(M: Tensor, balance_steps: int, beta: float, eps: float) -> Tensor:
-    """D₀ = 1/‖M_i‖; U_k = polar(D_k M); D_{k+1,i} = D_{k,i}(ℓ̄/ℓ_i)^β over the nonzero rows."""
+def aurora_direction(M: Tensor, balance_steps: int, beta: float, eps: float, row_correction: bool = False) -> Tensor:
+    """D₀ = 1/‖M_i‖; U_k = polar(D_k M); D_{k+1,i} = D_{k,i}(ℓ̄/ℓ_i)^β over the nonzero rows.
+
+    ``row_correction``: finally U_i ← U_i·sqrt(ℓ̄/ℓ_i) over the nonzero rows, the factor clamped to
+    [1/1.25, 1.25].
+    """
     m, n = M.shape
     if m == n:
         return exact_polar(M)
     if m < n:
-        return aurora_direction(M.T, balance_steps, beta, eps).T
+        return aurora_direction(M.T, balance_steps, beta, eps, row_correction).T
     norms = [M[i].norm().item() for i in range(m)]
     largest = max(norms)
     active = [norm > eps * largest for norm in norms]
@@ -81,6 +85,11 @@ def aurora_direction(M: Tensor, balance_steps: int, beta: float, eps: float) -> 
         lev = [U[i].dot(U[i]).item() for i in range(m)]
         mean = sum(l for l, ok in zip(lev, active) if ok) / sum(active)
         d = [di * (mean / li) ** beta if ok else 0.0 for di, li, ok in zip(d, lev, active)]
+    if row_correction:
+        lev = [U[i].dot(U[i]).item() for i in range(m)]
+        mean = sum(l for l, ok in zip(lev, active) if ok) / sum(active)
+        for i in range(m):
+            U[i] = U[i] * min(max((mean / lev[i]) ** 0.5, 0.8), 1.25) if active[i] else 0.0
     return U
 
 
@@ -106,7 +115,7 @@ def reference_step(name: str, W: Tensor, G: Tensor, state: dict, **hp) -> Tensor
     elif name == "unormuon":
         U = unormuon_direction(M, hp["eps"])
     elif name == "aurora":
-        U = aurora_direction(M, hp["balance_steps"], hp["balance_beta"], hp["eps"])
+        U = aurora_direction(M, hp["balance_steps"], hp["balance_beta"], hp["eps"], hp.get("row_correction", False))
     else:
         raise KeyError(name)
     lr = hp["lr"]

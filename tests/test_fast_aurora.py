@@ -10,13 +10,14 @@ import torch
 from aurora_opt import Aurora, Muon, NorMuon, RiemannianAurora
 from aurora_opt.optim._spectral import stacking_plan
 from aurora_opt.optim.aurora import (
+    GRAM_RIDGE,
     aurora_direction,
     balanced_polar,
     gram_balanced_polar,
     gram_leverage,
     row_uniformity_error,
 )
-from aurora_opt.polar import polar_express, svd_polar
+from aurora_opt.polar import make_orthogonalizer, polar_express, svd_polar
 
 #: float64 with the exact SVD polar: agreement is limited by rounding over tens of iterations
 EXACT_TOL = 1e-9
@@ -303,3 +304,60 @@ def test_riemannian_aurora_on_the_fast_path():
     # never below vanilla Aurora's converged fixed point
     vanilla = reference_converged(X.double())
     assert (X.double() * U.double()).sum() >= (X.double() * vanilla).sum() - 1e-4 * X.norm()
+
+
+#: rows after the row correction: the leverage of each row is rescaled in fp32, so what remains is
+#: fp32 rounding of a sum of n squares (~1e-7) and, for bf16, the rounding of the returned U to fp32
+#: (none: U is returned in the momentum's dtype). 1e-5 is two orders above the measured ≤ 3.5e-7.
+CORRECTED_ROW_TOLERANCE = 1e-5
+
+def orthogonality_error(U: torch.Tensor) -> float:
+    """‖UᵀU − I‖₂ in float64."""
+    U = U.double()
+    return torch.linalg.matrix_norm(U.mT @ U - torch.eye(U.size(-1), dtype=torch.float64), ord=2).item()
+
+
+def dominant_features(m: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """A momentum whose first 4 input columns are 1e3× the rest ("massive activations" feeding an MLP)."""
+    M = torch.randn(m, n, generator=generator)
+    M[:, :4] *= 1e3
+    return M
+
+
+@pytest.mark.parametrize("polar_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(512, 128), (96, 48)])
+def test_row_correction_makes_rows_uniform_under_dominant_features(shape, polar_dtype):
+    g = torch.Generator().manual_seed(0)
+    M = dominant_features(*shape, g).unsqueeze(0)
+    orthogonalize = make_orthogonalizer("polar_express", steps=None, eps=1e-7, dtype=polar_dtype)
+    settings = dict(orthogonalize=orthogonalize, balance_steps=8, balance_beta=0.65, eps=1e-7, tolerance=1e-3)
+    raw = aurora_direction(M, **settings)
+    corrected = aurora_direction(M, **settings, row_correction=True)
+    # the uncorrected polar factor is visibly off uniform here (measured 2e-2 to 9e-2): the case matters
+    assert row_uniformity_error(raw).item() > 10 * CORRECTED_ROW_TOLERANCE
+    assert row_uniformity_error(corrected).item() <= CORRECTED_ROW_TOLERANCE
+    # Polar Express itself leaves σ < 1e-3·σ_max unconverged, so UᵀU − I is large here with or without
+    # the correction (measured 0.45–0.68); rescaling rows by factors within 1 ± e (e the uncorrected
+    # row error) moves UᵀU by at most about 2e·‖U‖₂², and measured it adds ≤ 6e-4.
+    row_error = row_uniformity_error(raw).item()
+    assert orthogonality_error(corrected[0]) <= orthogonality_error(raw[0]) + 2 * row_error
+
+
+def test_sync_free_gram_leverage_survives_a_failed_cholesky():
+    """Without host syncs a failed factorization is retried once at ridge 1 (always positive definite):
+    a batch holding an exactly rank-1 and a full-rank matrix gives finite leverage for both, and the
+    full-rank one the same as in eager mode (its factorization did not fail)."""
+    from aurora_opt.optim import sync_free
+
+    g = torch.Generator().manual_seed(0)
+    rank1 = torch.randn(64, 1, generator=g) @ torch.randn(1, 16, generator=g)
+    X = torch.stack([torch.cat([rank1, 0.5 * rank1]), torch.randn(128, 16, generator=g)])
+    D = torch.ones(2, 128, 1)
+    C = X[0].T @ X[0]
+    C.diagonal().add_(GRAM_RIDGE[torch.float32] * C.trace())
+    assert torch.linalg.cholesky_ex(C).info.item() > 0  # the case under test: the first try fails
+    eager = gram_leverage(X, D)
+    with sync_free():
+        fixed = gram_leverage(X, D)
+    assert torch.isfinite(fixed).all()
+    torch.testing.assert_close(fixed[1], eager[1], rtol=0, atol=0)

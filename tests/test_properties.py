@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import aurora_opt
+from aurora_opt.optim.aurora import ROW_CORRECTION_MAX
 from aurora_opt.optim import row_uniformity_error
 from aurora_opt.polar import POLAR_BACKENDS
 
@@ -51,6 +52,11 @@ UNORMUON_ROW_TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat
 #: (with the reference-style polar balancing, over 300 random inputs, n 2–12, κ ≤ 20, the worst was
 #: 0.033 at m/n = 2, 0.017 at 3, 3.9e-3 at 4, 1.4e-3 at 8, and never above the error of K = 2).
 AURORA_CONVERGED_STEPS = 16
+#: Aurora's row correction rescales each row of the computed U by a factor in [1/R, R]
+#: (R = aurora.ROW_CORRECTION_MAX); when M is rank-deficient, a bf16 or fp16 polar factor also holds
+#: rounding noise lifted towards σ ≈ 1 outside M's range, and the rescaling moves part of it onto the
+#: signal directions (measured σ up to 1.08 on tiny rank-1 inputs, ‖U‖₂ up to 1.21). The band is then
+#: the polar band scaled by that clamp, which bounds any row scaling: σ·[1/R, R].
 AURORA_CONVERGED_ROW_TOLERANCE = 1e-2
 AURORA_CONVERGED_MIN_ASPECT = 4
 #: Riemannian Aurora balances to its ROW_TOLERANCE = 1e-3 at every retraction when its 12 balancing
@@ -246,7 +252,10 @@ def check_optimizer(name: str, grad: torch.Tensor, polar_dtype: torch.dtype, *, 
     # The update is rounded to the parameter's dtype: allow the coarser of that and the polar dtype.
     coarse = max((polar_dtype, grad.dtype), key=lambda d: SINGULAR_VALUE_TOLERANCE[d])
     if name in SEMI_ORTHOGONAL_OPTIMIZERS and (name != "riemannian_aurora" or full_rank):
-        assert_isometry_on_signal(U, G, *polar_band("polar_express", coarse))
+        low, high = polar_band("polar_express", coarse)
+        if name == "aurora" and not full_rank and coarse != torch.float32:
+            low, high = low / ROW_CORRECTION_MAX, high * ROW_CORRECTION_MAX
+        assert_isometry_on_signal(U, G, low, high)
     if m <= n or not rows_nonzero:
         return
     error = row_uniformity_error(U.float().unsqueeze(0)).item()
@@ -319,8 +328,10 @@ def test_aurora_rows_converge_with_more_balancing(m_over_n, n, kappa, seed) -> N
     """fp32: K = AURORA_CONVERGED_STEPS balancing steps are never less uniform than the default K = 2,
     and reach AURORA_CONVERGED_ROW_TOLERANCE once m/n ≥ AURORA_CONVERGED_MIN_ASPECT."""
     grad = spectral_matrix(m_over_n * n, n, n, kappa, 1.0, seed).float()
-    converged = one_step_direction("aurora", grad, balance_steps=AURORA_CONVERGED_STEPS)
-    default = one_step_direction("aurora", grad)
+    # the balancing itself is under test: without the final row correction (which makes rows uniform
+    # to rounding whatever the balancing left)
+    converged = one_step_direction("aurora", grad, balance_steps=AURORA_CONVERGED_STEPS, row_correction=False)
+    default = one_step_direction("aurora", grad, row_correction=False)
     error = row_uniformity_error(converged.float().unsqueeze(0)).item()
     assert error <= row_uniformity_error(default.float().unsqueeze(0)).item()
     if m_over_n >= AURORA_CONVERGED_MIN_ASPECT:

@@ -19,7 +19,8 @@ HYPER = {
     "muon": {},
     "normuon": {"beta2": 0.9},
     "unormuon": {},
-    "aurora": {"balance": "polar", "balance_steps": 3, "balance_beta": 0.5},
+    "aurora": {"balance": "polar", "balance_steps": 3, "balance_beta": 0.5, "row_correction": False},
+    "aurora_row_corrected": {"balance": "polar", "balance_steps": 3, "balance_beta": 0.5, "row_correction": True},
 }
 SETTINGS = [
     {"lr": 0.02, "weight_decay": 0.0, "momentum": 0.95, "nesterov": True, "eps": 1e-7},
@@ -43,13 +44,14 @@ def test_matches_reference(name, shape, setting):
     g = torch.Generator().manual_seed(0)
     W0 = torch.randn(*shape, generator=g, dtype=torch.float64)
     param = nn.Parameter(W0.clone())
-    opt = get_optimizer(name)([param], polar="svd", polar_dtype=torch.float64, **hp)
+    algorithm = name.split("_")[0]
+    opt = get_optimizer(algorithm)([param], polar="svd", polar_dtype=torch.float64, **hp)
     W, state = W0.clone(), {}
     for _ in range(4):
         G = unequal_rows(shape, g)
         param.grad = G.clone()
         opt.step()
-        W = reference_step(name, W, G, state, **hp)
+        W = reference_step(algorithm, W, G, state, **hp)
         torch.testing.assert_close(param.detach(), W, rtol=0, atol=REFERENCE_ATOL)
 
 

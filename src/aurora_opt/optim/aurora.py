@@ -33,16 +33,28 @@ from ._spectral import SpectralOptimizer, _check_float, _check_int, host_syncs_a
 TINY = 1e-30
 
 BALANCE_MODES = ("gram", "polar")
-#: defaults of (balance_steps, balance_beta) per mode. "polar": the reference (K = 2 polar factors,
-#: β = 0.5). "gram": measured on 1024×256 fp32 matrices with row norms spread over three decades
-#: (Polar Express): β = 0.65 contracts the row error about 10× per Gram step where β = 0.5 gives 4×;
-#: 2 steps leave 2e-3 from a cold start, and with the warm start 2 steps per optimizer step keep a
-#: drifting momentum within 2e-3 (cold: 2e-2) — see the warm-start table of ``aurora_opt.bench``.
-#: From a cold start on smaller matrices 2 steps are not enough (measured max row error over 5 random
-#: matrices with rows spread over three decades: 6.5e-2 at 8×2, 2.5e-2 at 64×16, 6.7e-3 at 704×256;
-#: 8 steps: 2.6e-3, 2.0e-5, 1.3e-5), so "gram" runs up to 8 steps and stops once the rows are within
-#: the tolerance 1e-3: one Gram step when the warm start is already balanced, more when it is not.
-MODE_DEFAULTS: dict[str, tuple[int, float, float]] = {"polar": (2, 0.5, 0.0), "gram": (8, 0.65, 1e-3)}
+#: defaults of (balance_steps, balance_beta, balance_tolerance) per mode. "polar": the reference
+#: (K = 2 polar factors, β = 0.5). "gram": measured on 1024×256 fp32 matrices with row norms spread
+#: over three decades (Polar Express): β = 0.65 contracts the row error about 10× per Gram step where
+#: β = 0.5 gives 4×. From a cold start small matrices need more steps (max row error over 5 random
+#: matrices with rows spread over three decades: 6.5e-2 at 8×2, 2.5e-2 at 64×16, 6.7e-3 at 704×256
+#: after 2 steps; 2.6e-3, 2.0e-5, 1.3e-5 after 8), so where host synchronization is allowed (eager on
+#: the CPU) "gram" runs up to 8 steps and stops once the rows are within 1e-3: one step when the warm
+#: start is already balanced. ``None`` steps mean that automatic choice; see GRAM_STEPS_SYNC_FREE.
+MODE_DEFAULTS: dict[str, tuple[int | None, float, float]] = {"polar": (2, 0.5, 0.0), "gram": (None, 0.65, 1e-3)}
+GRAM_STEPS_WITH_EARLY_EXIT = 8
+#: Gram steps run, all of them, where the step may not synchronize (CUDA, compiled): with the warm
+#: start over a drifting momentum (M ← 0.95·M + 0.05·G) 3 steps leave the rows of polar(D·M) within
+#: 7e-6 (1024×256) and 5e-4 (96×48) in fp32; a cold first step on a small matrix leaves up to 2e-2,
+#: which the row correction removes (at that step's cost in UᵀU − I).
+GRAM_STEPS_SYNC_FREE = 3
+
+#: the row correction rescales each row of U by a factor within [1/ROW_CORRECTION_MAX,
+#: ROW_CORRECTION_MAX]. Measured corrections are within 1 ± 0.04 (bf16 Polar Express: row errors up to
+#: 8e-2; a few dominant input features in fp32: up to 5e-2); a larger imbalance means the polar factor
+#: is far from an isometry (rank-deficient momentum in bf16/fp16, whose rounding noise the polar
+#: iteration lifts), and rescaling it fully would move that noise onto the signal directions.
+ROW_CORRECTION_MAX = 1.25
 
 #: Ridge λ = GRAM_RIDGE·‖D·M‖_F² added to the Gram matrix before its Cholesky factorization, so
 #: directions with σ² below λ count (partly) as absent. In fp32 the Gram matrix cannot resolve
@@ -52,7 +64,9 @@ MODE_DEFAULTS: dict[str, tuple[int, float, float]] = {"polar": (2, 0.5, 0.0), "g
 #: for condition numbers up to ~1e5; beyond, directions with σ² ≲ λ count partly.
 GRAM_RIDGE = {torch.float32: 1e-7, torch.float64: 1e-15}
 #: a failed Cholesky factorization (rank-deficient M, rounding) is retried with the ridge ×100 until
-#: it succeeds; at ridge ≥ 1 the shifted Gram matrix is always positive definite
+#: it succeeds; at ridge ≥ 1 the shifted Gram matrix is always positive definite. Without host
+#: synchronization (CUDA, compiled) a failure is retried once, directly at ridge 1: the leverage then
+#: leans towards the row norms of D·M for that one balancing step.
 RIDGE_GROWTH = 100.0
 
 
@@ -91,6 +105,23 @@ def row_uniformity_error(U: Tensor, active: Tensor | None = None) -> Tensor:
     return ((lev / mean.clamp_min(TINY) - 1).abs() * active).amax(dim=(-2, -1))
 
 
+def corrected_rows(U: Tensor, active: Tensor) -> Tensor:
+    """Rescale the active rows of U [B, m, n] to the mean leverage: U_i ← U_i·sqrt(ℓ̄/ℓ_i(U)).
+
+    Balancing makes the rows of the *exact* polar factor of D·M uniform; the polynomial backends leave
+    small singular values unconverged (and bf16 rounds every entry), so the computed U carries a row
+    error of its own: about 2e-2 for Polar Express in fp32 when a few input features dominate, 2e-2
+    to 8e-2 in bf16. This final rescaling, done in fp32, makes the rows uniform to fp32 rounding and
+    moves UᵀU by about that row error (measured ≤ 6e-4 on top of the polar factor's own error). Each
+    factor is clamped to [1/``ROW_CORRECTION_MAX``, ``ROW_CORRECTION_MAX``]; inactive rows are set to zero.
+    """
+    work = U.float() if U.dtype in (torch.bfloat16, torch.float16) else U
+    lev = leverage(work)
+    factor = (_active_mean(lev, active) / lev.clamp_min(TINY)).sqrt()
+    factor = factor.clamp(1 / ROW_CORRECTION_MAX, ROW_CORRECTION_MAX)
+    return (work * (factor * active)).to(U.dtype)
+
+
 def balanced_polar(
     X: Tensor,
     *,
@@ -99,6 +130,7 @@ def balanced_polar(
     beta: float,
     eps: float,
     tolerance: float = 0.0,
+    row_correction: bool = False,
 ) -> Tensor:
     """Reference-style Aurora on a tall X [B, m, n]: U = polar(D·X), D balanced with polar factors.
 
@@ -106,6 +138,7 @@ def balanced_polar(
     active rows (the reference uses n/m; both give the same U, since polar ignores D's scale, but
     ℓ̄ stays right when rows are inactive or X is rank-deficient). ``steps`` counts polar factors
     computed; iteration stops early once the rows are within ``tolerance`` of uniform.
+    ``row_correction``: finish with :func:`corrected_rows`.
     """
     active = active_rows(X, eps)
     D = active / X.norm(dim=-1, keepdim=True).clamp_min(TINY)
@@ -121,7 +154,7 @@ def balanced_polar(
                 break
             step = torch.where(done.view(-1, 1, 1), torch.ones_like(step), step)
         D = D * step * active
-    return U
+    return corrected_rows(U, active) if row_correction else U
 
 
 def gram_leverage(X: Tensor, D: Tensor) -> Tensor:
@@ -138,19 +171,18 @@ def gram_leverage(X: Tensor, D: Tensor) -> Tensor:
     trace = diagonal.sum(dim=-1, keepdim=True).clamp_min(TINY)  # [B, 1]
     diagonal.add_(ridge * trace)
     L, info = torch.linalg.cholesky_ex(C)
-    # Retry the failed factorizations with a larger ridge until it reaches 1 (always positive
-    # definite). On the CPU in eager mode only while some failed; elsewhere every retry runs, masked,
-    # so that the step needs no host synchronization.
-    early_exit = host_syncs_allowed(info)
-    while ridge < 1.0:
-        if early_exit and not bool((info > 0).any()):
-            break
-        failed = (info > 0).unsqueeze(-1)
-        diagonal.add_(failed * (RIDGE_GROWTH - 1) * ridge * trace)
-        ridge *= RIDGE_GROWTH
-        retry, retry_info = torch.linalg.cholesky_ex(C)
+    if host_syncs_allowed(info):
+        while ridge < 1.0 and bool((info > 0).any()):
+            failed = (info > 0).view(-1, 1)
+            diagonal.add_(failed * (RIDGE_GROWTH - 1) * ridge * trace)
+            ridge *= RIDGE_GROWTH
+            retry, info = torch.linalg.cholesky_ex(C)
+            L = torch.where(failed.unsqueeze(-1), retry, L)
+    else:  # one masked retry at ridge 1, which always succeeds: no data-dependent branch
+        failed = (info > 0).view(-1, 1)
+        diagonal.add_(failed * (1.0 - ridge) * trace)
+        retry, _ = torch.linalg.cholesky_ex(C)
         L = torch.where(failed.unsqueeze(-1), retry, L)
-        info = torch.where(failed.squeeze(-1), retry_info, info)
     Z = torch.linalg.solve_triangular(L.mT, X, upper=True, left=False)  # X L⁻ᵀ, rows L⁻¹ X_i
     return Z.square_().sum(dim=-1, keepdim=True) * D.square()
 
@@ -165,13 +197,15 @@ def gram_balanced_polar(
     gram_dtype: torch.dtype | None = None,
     scaling: Tensor | None = None,
     tolerance: float = 0.0,
+    row_correction: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Fast Aurora on a tall X [B, m, n]: balance D from the Gram matrix, then ONE polar of D·X.
 
     D₀ = r/‖X_i‖ with r = ``scaling`` [B, m] (a previous result, for a warm start) or 1 (the
     reference's start); ``steps`` times: ℓ = gram_leverage(X, D), D ← D·(ℓ̄/ℓ_i)^β over the active
-    rows; with ``tolerance`` > 0 a matrix whose max |ℓ_i/ℓ̄ − 1| is within it keeps its D, and the
-    loop ends once all do (a host sync per step).
+    rows; with ``tolerance`` > 0 a matrix whose max |ℓ_i/ℓ̄ − 1| is within it keeps its D, and, where
+    host synchronization is allowed, the loop ends once all do. ``row_correction``: finish with
+    :func:`corrected_rows`.
     Returns U = polar(D·X) and the new r = D·‖X_i‖ [B, m], normalized to mean 1 over active rows.
     The Gram matrices are formed in ``gram_dtype`` (None: float64 for float64 X, else fp32).
     """
@@ -197,6 +231,8 @@ def gram_balanced_polar(
         D = D * step * active
         D = D / D.amax(dim=-2, keepdim=True).clamp_min(TINY)
     U = orthogonalize(D.to(X.dtype) * X)
+    if row_correction:
+        U = corrected_rows(U, active)
     r = D * norms
     r = r / _active_mean(r, active).clamp_min(TINY)
     return U, r.squeeze(-1)
@@ -218,6 +254,7 @@ def aurora_direction(
     gram_dtype: torch.dtype | None = None,
     scaling: Tensor | None = None,
     tolerance: float = 0.0,
+    row_correction: bool = False,
 ) -> Tensor:
     """Aurora's update direction for momentum matrices M [B, m, n].
 
@@ -225,13 +262,20 @@ def aurora_direction(
     columns are balanced). ``balance`` picks the Gram (default) or the reference-style balancing.
     ``scaling`` [B, max(m, n)], ``"gram"`` only: the warm start r of the balancing, overwritten
     with the new one. ``tolerance`` > 0: stop balancing once every row is within it of uniform.
+    ``row_correction``: rescale the rows of the computed U to uniform (:func:`corrected_rows`).
     """
     if M.size(-2) == M.size(-1):
         return orthogonalize(M)
     X, transposed = tall(M)
     if balance == "polar":
         U = balanced_polar(
-            X, orthogonalize=orthogonalize, steps=balance_steps, beta=balance_beta, eps=eps, tolerance=tolerance
+            X,
+            orthogonalize=orthogonalize,
+            steps=balance_steps,
+            beta=balance_beta,
+            eps=eps,
+            tolerance=tolerance,
+            row_correction=row_correction,
         )
     else:
         U, r = gram_balanced_polar(
@@ -243,6 +287,7 @@ def aurora_direction(
             gram_dtype=gram_dtype,
             scaling=scaling,
             tolerance=tolerance,
+            row_correction=row_correction,
         )
         if scaling is not None:
             scaling.copy_(r)
@@ -272,6 +317,7 @@ class Aurora(SpectralOptimizer):
         balance_beta: float | None = None,
         balance_tolerance: float | None = None,
         warm_start: bool = True,
+        row_correction: bool = True,
         **kwargs: Any,
     ) -> None:
         if balance not in BALANCE_MODES:
@@ -287,6 +333,7 @@ class Aurora(SpectralOptimizer):
                 "balance_beta": default_beta if balance_beta is None else balance_beta,
                 "balance_tolerance": default_tolerance if balance_tolerance is None else balance_tolerance,
                 "warm_start": warm_start,
+                "row_correction": row_correction,
             },
             **kwargs,
         )
@@ -294,11 +341,14 @@ class Aurora(SpectralOptimizer):
     def _validate_algorithm(self, group: dict[str, Any]) -> None:
         if group["balance"] not in BALANCE_MODES:
             raise ValueError(f"invalid balance: {group['balance']!r} (expected one of {BALANCE_MODES})")
-        _check_int("balance_steps", group["balance_steps"], 1)
+        if group["balance_steps"] is not None or group["balance"] != "gram":
+            _check_int("balance_steps", group["balance_steps"], 1)
         _check_float("balance_beta", group["balance_beta"], 0.0, 1.0, low_open=True)
         _check_float("balance_tolerance", group["balance_tolerance"], 0.0)
         if not isinstance(group["warm_start"], bool):
             raise ValueError(f"invalid warm_start: {group['warm_start']!r} (expected a bool)")
+        if not isinstance(group["row_correction"], bool):
+            raise ValueError(f"invalid row_correction: {group['row_correction']!r} (expected a bool)")
 
     def _init_state(self, p, state, group):
         super()._init_state(p, state, group)
@@ -308,16 +358,20 @@ class Aurora(SpectralOptimizer):
             state["balance_scaling"] = torch.ones(batch, max(m, n), dtype=p.dtype, device=p.device)
 
     def _direction(self, M, state, group, orthogonalize):
+        steps = group["balance_steps"]
+        if steps is None:
+            steps = GRAM_STEPS_WITH_EARLY_EXIT if host_syncs_allowed(M) else GRAM_STEPS_SYNC_FREE
         return aurora_direction(
             M,
             orthogonalize=orthogonalize,
-            balance_steps=group["balance_steps"],
+            balance_steps=steps,
             balance_beta=group["balance_beta"],
             eps=group["eps"],
             balance=group["balance"],
             gram_dtype=gram_dtype_for(group["polar"], group["polar_dtype"]),
             scaling=state.get("balance_scaling") if group["warm_start"] else None,
             tolerance=group["balance_tolerance"],
+            row_correction=group["row_correction"],
         )
 
 
@@ -341,7 +395,8 @@ Aurora.__doc__ = rf"""Aurora: leverage-aware spectral descent (Tilde Research, a
       wide: the rule applied to Mᵀ (columns balanced);
     - rows of M that are exactly zero are left out of the balancing and get zero update;
     - ``"gram"`` costs one polar factor plus 1 to ``balance_steps`` Gram/Cholesky steps (~3mn²
-      flops each; it stops once rows are within ``balance_tolerance``); with ``warm_start`` it keeps r = D·‖M_i‖ from the last step
+      flops each; eager on the CPU it stops once rows are within ``balance_tolerance``, elsewhere it
+      runs all of them, to need no host synchronization); with ``warm_start`` it keeps r = D·‖M_i‖ from the last step
       (``state["balance_scaling"]``, one number per row of the tall orientation, in the parameter's
       dtype) and starts there.
 
@@ -350,7 +405,9 @@ Aurora.__doc__ = rf"""Aurora: leverage-aware spectral descent (Tilde Research, a
 
     Args:{spectral_kwargs_doc(0.02, 0.025)}
         balance (str): ``"gram"`` (default) or ``"polar"`` (the reference's K polar factors).
-        balance_steps (int or None): ``"gram"``: at most this many Gram balancing steps (default 8);
+        balance_steps (int or None): ``"gram"``: at most this many Gram balancing steps (default
+            ``None``: up to 8, stopping at ``balance_tolerance``, eager on the CPU; exactly 3 on CUDA
+            and under ``torch.compile``, where stopping early would need a host synchronization);
             ``"polar"``: K, the number of polar factors computed (default 2).
         balance_beta (float or None): β, the exponent of the balancing step, in (0, 1]
             (default 0.65 for ``"gram"``, 0.5 for ``"polar"``).
@@ -358,4 +415,7 @@ Aurora.__doc__ = rf"""Aurora: leverage-aware spectral descent (Tilde Research, a
             (default 1e-3 for ``"gram"``; 0, i.e. always K steps, for ``"polar"``, as the reference).
         warm_start (bool): ``"gram"`` only: start the balancing from the last step's scaling
             (default: True).
+        row_correction (bool): rescale the rows of the computed polar factor to exactly uniform
+            leverage (in fp32), correcting what an unconverged or bf16 polar factor leaves
+            (default: True; ``False`` returns polar(D·M) as computed, as the reference does).
 """
