@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .optim import Aurora, Muon, RiemannianAurora, SpectralOptimizer
+from .optim import Aurora, Muon, RiemannianAurora, SpectralOptimizer, lookahead_momentum
 from .optim.aurora import gram_balanced_polar, row_uniformity_error
 from .polar import DEFAULT_POLAR, get_polar
 
@@ -128,7 +128,7 @@ def _accuracy(optimizer: SpectralOptimizer, params: list[Tensor], before: list[T
         m, n = p.shape
         U = (old - p.detach()).double() / math.sqrt(max(1.0, m / n))
         buf = optimizer.state[p]["momentum_buffer"]
-        M = p.grad.lerp(buf, group["momentum"]).double() if group["nesterov"] else buf.double()
+        M = lookahead_momentum(p.grad, buf, group["momentum"], group["nesterov"]).double()
         alignments.append(float((M * U).sum() / torch.linalg.svdvals(M).sum()))
         if m == n:
             continue

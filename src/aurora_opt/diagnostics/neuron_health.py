@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..optim import lookahead_momentum
+
 #: module names of MLP input projections (SwiGLU gate/up, GELU fc; common spellings in LLaMA/T5/GPT code)
 MLP_INPUT_NAMES = frozenset({"gate", "up", "fc", "c_fc", "fc1", "w1", "w3", "gate_proj", "up_proj", "wi", "wi_0", "wi_1"})
 #: smoothed share below which a row counts as starved (a tenth of the uniform share)
@@ -317,8 +319,8 @@ class NeuronHealth:
             state = optimizer.state.get(p, {})
             if "momentum_buffer" in state and state["momentum_buffer"] is not None:
                 M = state["momentum_buffer"]
-                if group.get("nesterov", False) and p.grad is not None:
-                    M = p.grad.lerp(M, group["momentum"])
+                if p.grad is not None:
+                    M = lookahead_momentum(p.grad, M, group.get("momentum", 0.0), group.get("nesterov", False))
             elif "exp_avg" in state:
                 M = state["exp_avg"]
             elif p.grad is not None:

@@ -1,6 +1,6 @@
 """One module per optimizer over the shared shell in ``_spectral``."""
 
-from ._spectral import NonFiniteGradError, SpectralOptimizer, adjust_lr, as_matrices, sync_free
+from ._spectral import NonFiniteGradError, SpectralOptimizer, adjust_lr, as_matrices, lookahead_momentum, sync_free
 from .aurora import Aurora, aurora_direction, balanced_polar, row_uniformity_error
 from .muon import Muon, muon_direction
 from .normuon import NorMuon, normuon_direction
@@ -19,6 +19,7 @@ __all__ = [
     "as_matrices",
     "aurora_direction",
     "balanced_polar",
+    "lookahead_momentum",
     "muon_direction",
     "normuon_direction",
     "riemannian_aurora_direction",

@@ -55,6 +55,14 @@ def host_syncs_allowed(t: Tensor) -> bool:
     return t.device.type == "cpu" and not _sync_free_everywhere and not torch.compiler.is_compiling()
 
 
+def lookahead_momentum(grad: Tensor, buf: Tensor, momentum: float | Tensor, nesterov: bool) -> Tensor:
+    """The matrix a spectral rule orthogonalizes: g + μ·(b − g) with Nesterov, else the buffer b.
+
+    ``buf`` is the momentum buffer after this step's update b ← μ·b + (1 − μ)·g.
+    """
+    return grad.lerp(buf, momentum) if nesterov else buf
+
+
 def adjust_lr(lr: float | Tensor, adjust_lr_fn: str | None, m: int, n: int) -> float | Tensor:
     """The lr actually applied to an m×n matrix, in units of spectral norm per update.
 
@@ -401,7 +409,7 @@ class SpectralOptimizer(Optimizer):
             else:  # a skipped step leaves the buffer as it was (weight 0, gradient zeroed)
                 grad = torch.where(apply, grad, 0)
                 buf.lerp_(grad, torch.where(apply, 1 - momentum, 0.0).to(buf.dtype))
-            momenta.append(grad.lerp(buf, momentum) if group["nesterov"] else buf)
+            momenta.append(lookahead_momentum(grad, buf, momentum, group["nesterov"]))
             states.append(state)
         saved_state = None if apply is None else [t.clone() for s in states for t in self._direction_state(s)]
         orthogonalize = make_orthogonalizer(
