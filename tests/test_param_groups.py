@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import aurora_opt
+from models import Conv1D, TimmResNet, TinyResNet
 
 
 class SmallLM(nn.Module):
@@ -66,3 +67,56 @@ def test_frozen_parameters_are_left_out():
     model = SmallLM()
     model.gate.weight.requires_grad_(False)
     assert "gate.weight" not in names(aurora_opt.param_groups(model), "spectral")
+
+
+def test_vision_classifier_and_stem_go_to_adamw():
+    groups = aurora_opt.param_groups(TinyResNet())
+    assert names(groups, "spectral") == {"layer1.0.weight"}
+    assert names(groups, "adamw") == {"conv1.weight", "bn1.weight", "bn1.bias", "layer1.1.weight", "layer1.1.bias", "fc.weight", "fc.bias"}
+    kept = aurora_opt.param_groups(TinyResNet(), stem_to_adamw=False)
+    assert names(kept, "spectral") == {"conv1.weight", "layer1.0.weight"}
+    assert "head_fc.weight" in names(aurora_opt.param_groups(TimmResNet()), "adamw")
+
+
+def test_fc_below_the_top_level_is_a_hidden_layer():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 32)
+            self.proj = nn.Linear(32, 8)
+
+    model = nn.Module()
+    model.embed = nn.Embedding(20, 8)
+    model.mlp = Block()
+    model.lm_head = nn.Linear(8, 20)
+    assert names(aurora_opt.param_groups(model), "spectral") == {"mlp.fc.weight", "mlp.proj.weight"}
+
+
+def test_a_model_without_a_recognized_head_warns():
+    mlp = nn.Sequential(nn.Linear(4, 16), nn.GELU(), nn.Linear(16, 3))
+    with pytest.warns(UserWarning, match="head_names"):
+        groups = aurora_opt.param_groups(mlp)
+    assert names(groups, "spectral") == {"0.weight", "2.weight"}
+    assert names(aurora_opt.param_groups(mlp, head_names=("2",)), "spectral") == {"0.weight"}
+
+
+def test_conv1d_weights_get_the_in_out_layout():
+    model = SmallLM()
+    model.c_fc = Conv1D(64, 16)
+    groups = aurora_opt.param_groups(model)
+    in_out = [g for g in groups if g.get("weight_layout") == "in_out"]
+    assert len(in_out) == 1 and in_out[0]["param_names"] == ["c_fc.weight"]
+    assert "c_fc.weight" not in names(groups, "spectral") and "c_fc.bias" in names(groups, "adamw")
+
+
+def test_plain_dict_add_param_group_after_named_groups():
+    model = SmallLM()
+    opt = aurora_opt.Muon(aurora_opt.param_groups(model))
+    extra = nn.Parameter(torch.randn(8, 4))
+    opt.add_param_group({"params": [extra]})
+    opt.add_param_group({"params": nn.Parameter(torch.randn(3)), "algorithm": "adamw"})
+    assert opt.param_groups[-2]["param_names"] == ["param_groups[2][0]"]
+    extra.grad = torch.ones_like(extra)
+    extra.grad[0, 0] = float("nan")
+    with pytest.raises(aurora_opt.NonFiniteGradError, match=r"'param_groups\[2\]\[0\]'"):
+        opt.step()
