@@ -45,3 +45,25 @@ class TimmResNet(TinyResNet):
 
     def get_classifier(self):
         return self.head_fc
+
+
+class GPT2MLP(nn.Module):
+    """GPT-2's MLP block (c_fc → GELU → c_proj), in Conv1D or in nn.Linear form with the same weights."""
+
+    def __init__(self, d=8, hidden=32, conv1d=True):
+        super().__init__()
+        if conv1d:
+            self.c_fc, self.c_proj = Conv1D(hidden, d), Conv1D(d, hidden)
+        else:
+            self.c_fc, self.c_proj = nn.Linear(d, hidden), nn.Linear(hidden, d)
+
+    def forward(self, x):
+        return self.c_proj(nn.functional.gelu(self.c_fc(x)))
+
+    def linear_twin(self):
+        twin = GPT2MLP(self.c_proj.weight.size(1), self.c_fc.weight.size(1), conv1d=False)
+        with torch.no_grad():
+            for mine, theirs in ((self.c_fc, twin.c_fc), (self.c_proj, twin.c_proj)):
+                theirs.weight.copy_(mine.weight.mT)
+                theirs.bias.copy_(mine.bias)
+        return twin

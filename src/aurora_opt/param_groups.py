@@ -41,12 +41,12 @@ def stem_convolution(model: nn.Module) -> nn.Module | None:
 
 
 def head_modules(model: nn.Module, head_names: tuple[str, ...]) -> list[nn.Module]:
-    """Output heads: Linear layers named in ``head_names`` (last name component, any depth) or in
+    """Output heads: Linear (or GPT-2 Conv1D) layers named in ``head_names`` (last name component, any depth) or in
     ``ROOT_HEAD_NAMES`` (direct children), and the module a timm model's ``get_classifier()`` returns."""
     heads = [
         module
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
+        if (isinstance(module, nn.Linear) or is_in_out_linear(module))
         and (name.rsplit(".", 1)[-1] in head_names or name in ROOT_HEAD_NAMES)
     ]
     get_classifier = getattr(model, "get_classifier", None)
