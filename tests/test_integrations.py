@@ -5,6 +5,8 @@ library cannot be imported. The logic they rely on is tested without them (tests
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ import aurora_opt
 from aurora_opt.diagnostics import NeuronHealth
 from aurora_opt.integrations import optimizer_cls_and_kwargs
 from aurora_opt.param_groups import is_in_out_linear
+from models import TinyResNet
 
 
 def import_or_skip(name: str):
@@ -26,35 +29,27 @@ def import_or_skip(name: str):
         pytest.skip(f"{name} cannot be imported: {type(error).__name__}: {error}")
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str):
+    """An example script as a module (its ``main()`` is not run)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def token_dataset(vocab: int, length: int, count: int):
     g = torch.Generator().manual_seed(0)
     return [{"input_ids": ids, "labels": ids.clone()} for ids in torch.randint(0, vocab, (count, length), generator=g)]
 
 
-def tiny_llama():
-    transformers = import_or_skip("transformers")
-    config = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=16,
-    )
-    torch.manual_seed(0)
-    return transformers, transformers.LlamaForCausalLM(config)
-
-
-def test_hf_trainer_with_optimizer_cls_and_kwargs_logs_neuron_health(tmp_path):
-    transformers, model = tiny_llama()
-    from aurora_opt.integrations.hf import NeuronHealthCallback
-
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, logging_steps=2, report_to="none",
-        use_cpu=True, save_strategy="no", disable_tqdm=True, learning_rate=1e-3,
-    )
-    trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=token_dataset(64, 8, 16),
-        optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(model, "aurora", lr=0.02, adamw_lr=1e-3),
-    )
-    callback = NeuronHealthCallback(trainer)
-    trainer.add_callback(callback)
+def test_hf_trainer_example_logs_neuron_health(tmp_path):
+    import_or_skip("transformers")
+    example = load_example("hf_trainer_llama")
+    trainer = example.build_trainer(str(tmp_path), steps=4, logging_steps=2, width=16, layers=1, seq_len=16)
+    model = trainer.model
     before = model.model.layers[0].mlp.up_proj.weight.detach().clone()
     trainer.train()
 
@@ -71,6 +66,7 @@ def test_hf_trainer_with_optimizer_cls_and_kwargs_logs_neuron_health(tmp_path):
         assert f"neuron_health/model.layers.0.mlp.{layer}/row_norm_spread" in logged[-1]
     assert "neuron_health/model.layers.0.mlp/inactive_fraction" in logged[-1]
     assert logged[-1]["neuron_health/ms_per_step"] > 0
+    callback = next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "NeuronHealthCallback")
     assert callback.health.step == 4
 
 
@@ -117,16 +113,16 @@ def test_gpt2_conv1d_checkpoint_end_to_end():
     assert set(snap.layer_starved) == {"transformer.h.0.mlp.c_fc"} and health.smoothed_shares["transformer.h.0.mlp.c_fc"].numel() == 64
 
 
-def test_lightning_callback_logs_through_the_trainers_loggers():
+def test_lightning_example_logs_through_the_trainers_loggers():
     pl = import_or_skip("pytorch_lightning")
-    from aurora_opt.integrations.lightning import NeuronHealthCallback
+    example = load_example("lightning_byte_lm")
 
     class Recorder(pl.loggers.Logger):
+        name, version = "recorder", 0
+
         def __init__(self):
             super().__init__()
             self.records = []
-
-        name, version = "recorder", 0
 
         def log_metrics(self, metrics, step=None):
             self.records.append((step, dict(metrics)))
@@ -134,32 +130,29 @@ def test_lightning_callback_logs_through_the_trainers_loggers():
         def log_hyperparams(self, params, *args, **kwargs):
             pass
 
-    class Module(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(32, 8)
-            self.up = nn.Linear(8, 32)
-            self.down = nn.Linear(32, 8)
-            self.lm_head = nn.Linear(8, 32)
-
-        def training_step(self, batch, batch_idx):
-            (ids,) = batch
-            x = self.embed(ids[:, :-1])
-            logits = self.lm_head(x + self.down(torch.relu(self.up(x))))
-            return nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
-
-        def configure_optimizers(self):
-            return aurora_opt.NorMuon(aurora_opt.param_groups(self), lr=0.02)
-
-    ids = torch.randint(0, 32, (16, 9), generator=torch.Generator().manual_seed(0))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids), batch_size=4)
-    recorder, callback = Recorder(), NeuronHealthCallback()  # logs at the Trainer's log_every_n_steps
-    trainer = pl.Trainer(
-        max_steps=4, log_every_n_steps=2, accelerator="cpu", logger=recorder, callbacks=[callback], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )
-    trainer.fit(Module(), loader)
+    torch.manual_seed(0)
+    recorder = Recorder()
+    trainer = example.build_trainer(4, recorder, log_every_n_steps=2)
+    trainer.fit(example.ByteLM(width=16), example.loader())
     health_records = [(step, m) for step, m in recorder.records if "neuron_health/starved_fraction" in m]
     assert [step for step, _ in health_records] == [2, 4]
-    assert {"neuron_health/up/starved_fraction", "neuron_health/up/row_norm_spread", "neuron_health/inactive_fraction"} <= set(health_records[-1][1])
-    assert callback.health.step == 4
+    expected = {"neuron_health/up/starved_fraction", "neuron_health/up/row_norm_spread", "neuron_health/inactive_fraction"}
+    assert expected <= set(health_records[-1][1])
+    assert isinstance(trainer.optimizers[0], aurora_opt.NorMuon)
+
+
+@pytest.mark.parametrize("library", ["torchvision", "timm", "none"])
+def test_resnet_example_classifier_and_stem_go_to_adamw(library):
+    """ResNet-18 from each library; "none": the example's training loop on tests/models.TinyResNet."""
+    torch.manual_seed(0)
+    if library == "none":
+        model = TinyResNet()
+    else:
+        import_or_skip(library)
+        model = load_example("resnet_vision").resnet18(library)
+    groups = aurora_opt.param_groups(model)
+    adamw = next(g for g in groups if g.get("algorithm") == "adamw")
+    assert {"conv1.weight", "fc.weight", "fc.bias"} <= set(adamw["param_names"])
+    assert ("layer1.0.weight" if library == "none" else "layer1.0.conv1.weight") in groups[0]["param_names"]
+    losses = load_example("resnet_vision").train(model, steps=3, batch_size=8)
+    assert all(map(torch.isfinite, torch.tensor(losses)))

@@ -120,3 +120,27 @@ def test_plain_dict_add_param_group_after_named_groups():
     extra.grad[0, 0] = float("nan")
     with pytest.raises(aurora_opt.NonFiniteGradError, match=r"'param_groups\[2\]\[0\]'"):
         opt.step()
+
+
+def test_one_cycle_lr_with_per_group_max_lr():
+    # one max_lr per group (spectral, AdamW): each side peaks at its own lr; momentum cycles on the
+    # spectral side only (the optimizer's defaults have "momentum", not "betas"), AdamW betas stay
+    model = SmallLM(tie=False)
+    opt = aurora_opt.Muon(aurora_opt.param_groups(model))
+    assert [g["algorithm"] for g in opt.param_groups] == ["muon", "adamw"]
+    max_lr = [0.02, 3e-3]
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=10, pct_start=0.3)
+    lrs, momenta = [], []  # after k scheduler steps
+    for _ in range(10):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        momenta.append(opt.param_groups[0]["momentum"])
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+        scheduler.step()
+    peak = round(0.3 * 10) - 1  # OneCycleLR reaches max_lr after pct_start·total_steps − 1 steps
+    assert lrs[peak] == pytest.approx(max_lr)
+    assert max(lr[1] for lr in lrs) == pytest.approx(3e-3)  # a single max_lr=0.02 would drive AdamW to 0.02
+    assert lrs[0] == pytest.approx([0.02 / 25, 3e-3 / 25])  # div_factor 25, per group
+    assert min(momenta) < max(momenta) <= 0.95
+    assert opt.param_groups[1]["betas"] == (0.9, 0.95)
