@@ -85,7 +85,7 @@ def as_matrices(t: Tensor) -> Tensor:
 def logical_matrix_shape(p: Tensor, group: dict[str, Any]) -> tuple[int, int, int]:
     """``(B, out, in)`` of the matrices a spectral parameter is trained as, whatever its stored layout."""
     batch, m, n = distributed.matrix_shape(p.shape)
-    return (batch, n, m) if group.get("weight_layout") == "in_out" else (batch, m, n)
+    return (batch, n, m) if group["weight_layout"] == "in_out" else (batch, m, n)
 
 
 def _check_lr(value: Any) -> None:
