@@ -24,13 +24,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import aurora_opt
 from aurora_opt import OPTIMIZERS, get_optimizer
 from aurora_opt.optim import sync_free
+from models import Conv1D
 from optim_db import OPTIM_DB
 
 NAMES = sorted(OPTIMIZERS)
 
 
 def tiny_model(seed: int = 0) -> nn.Module:
-    """Embedding, tall, wide and square matrices, a norm and biases, a head: both sides of the optimizer."""
+    """Embedding, tall, wide and square matrices, a norm and biases, a head, and a GPT-2 Conv1D
+    (weight stored (in, out)): both sides of the optimizer and both weight layouts."""
     torch.manual_seed(seed)
     return nn.Sequential(
         nn.Embedding(16, 8),
@@ -39,6 +41,7 @@ def tiny_model(seed: int = 0) -> nn.Module:
         nn.Linear(24, 8, bias=False),
         nn.Linear(8, 8, bias=False),
         nn.Linear(8, 16),
+        Conv1D(24, 8),
     )
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import aurora_opt
 from aurora_opt import OPTIMIZERS
 from aurora_opt.diagnostics import (
     NeuronHealth,
@@ -230,3 +231,50 @@ def test_state_dict_round_trip():
     other.load_state_dict(state)
     assert other.step == 1 and torch.equal(other.smoothed_shares["mlp.fc"], health.smoothed_shares["mlp.fc"])
     assert torch.equal(other.activation_means()["mlp"], health.activation_means()["mlp"])
+
+
+@pytest.mark.parametrize("name", ["muon", "normuon"])
+def test_conv1d_mlp_reads_as_its_linear_twin(name):
+    from models import GPT2MLP
+
+    conv1d = GPT2MLP()
+    linear = conv1d.linear_twin()
+    healths, optimizers = [], []
+    for model in (conv1d, linear):
+        optimizer = OPTIMIZERS[name](aurora_opt.param_groups(model, head_names=("c_proj",)), lr=0.05)
+        healths.append(NeuronHealth(model).attach(optimizer))
+        optimizers.append(optimizer)
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        for model, optimizer in zip((conv1d, linear), optimizers):
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert set(healths[0].projections) == {"c_fc"} and healths[0].activation_sites == {"c_fc": "c_proj"}
+    # same update up to transpose (tests/test_weight_layout.py), so the same shares up to fp32 rounding
+    torch.testing.assert_close(healths[0].smoothed_shares["c_fc"], healths[1].smoothed_shares["c_fc"], rtol=1e-4, atol=1e-5)
+    a, b = healths[0].measure(), healths[1].measure()
+    assert a.layer_row_norm_cv["c_fc"] == pytest.approx(b.layer_row_norm_cv["c_fc"], rel=1e-5)
+    assert a.layer_act_dead == pytest.approx(b.layer_act_dead)
+    torch.testing.assert_close(healths[0].leverage(optimizers[0])["c_fc"], healths[1].leverage(optimizers[1])["c_fc"], rtol=1e-4, atol=1e-4)
+
+
+def test_attach_unwraps_wrapper_optimizers():
+    class Wrapper:  # the shape of accelerate's AcceleratedOptimizer: no step hooks, the optimizer in .optimizer
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+        @property
+        def param_groups(self):
+            return self.optimizer.param_groups
+
+    from models import GPT2MLP
+
+    model = GPT2MLP(conv1d=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    health = NeuronHealth(model).attach(Wrapper(Wrapper(optimizer)))
+    model(torch.randn(4, 8)).sum().backward()
+    optimizer.step()
+    assert health.step == 1 and "c_fc" in health.smoothed_shares
+    with pytest.raises(TypeError, match="not a torch.optim.Optimizer"):
+        NeuronHealth(model).attach(object())

@@ -9,9 +9,11 @@ from .neuron_health import (
     inactive_fraction,
     leverage_histogram,
     leverage_scores,
+    linear_features,
     relative_leverage,
     row_norm_spread,
     row_update_shares,
+    unwrap_optimizer,
 )
 
 __all__ = [
@@ -23,7 +25,9 @@ __all__ = [
     "inactive_fraction",
     "leverage_histogram",
     "leverage_scores",
+    "linear_features",
     "relative_leverage",
     "row_norm_spread",
     "row_update_shares",
+    "unwrap_optimizer",
 ]

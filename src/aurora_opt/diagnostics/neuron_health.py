@@ -10,7 +10,8 @@ Definitions (for a tall weight W [m, n], m hidden units, and the update ΔW an o
 - row-norm spread: the coefficient of variation std/mean of ‖W_i‖.
 
 Nothing here changes the update: ΔW is the difference of weight snapshots taken by optimizer
-step hooks around ``step()``, and activations are read by forward hooks.
+step hooks around ``step()``, and activations are read by forward hooks. GPT-2 ``Conv1D`` layers
+(weight stored (in, out)) are read transposed, so rows are output neurons there too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..optim import lookahead_momentum
+from ..param_groups import is_in_out_linear
 
 #: module names of MLP input projections (SwiGLU gate/up, GELU fc; common spellings in LLaMA/T5/GPT code)
 MLP_INPUT_NAMES = frozenset({"gate", "up", "fc", "c_fc", "fc1", "w1", "w3", "gate_proj", "up_proj", "wi", "wi_0", "wi_1"})
@@ -78,15 +80,33 @@ def row_norm_spread(W: Tensor) -> float:
     return float(norms.std(unbiased=False) / mean) if mean > 0 else 0.0
 
 
-def find_mlp_input_projections(model: nn.Module) -> dict[str, nn.Linear]:
-    """Tall ``nn.Linear`` layers (out_features > in_features) named like an MLP input projection."""
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
-        and name.rsplit(".", 1)[-1] in MLP_INPUT_NAMES
-        and module.out_features > module.in_features
-    }
+def linear_features(module: nn.Module) -> tuple[int, int] | None:
+    """``(in, out)`` of an ``nn.Linear`` or a GPT-2 ``Conv1D`` (weight stored (in, out)); else None."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if is_in_out_linear(module):
+        return module.weight.size(0), module.weight.size(1)
+    return None
+
+
+def unwrap_optimizer(optimizer: Any) -> Optimizer:
+    """The torch optimizer inside wrappers that keep it in ``.optimizer`` (accelerate's
+    ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``), which have no step hooks of their own."""
+    while not isinstance(getattr(optimizer, "_optimizer_step_pre_hooks", None), dict) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"{type(optimizer).__name__} is not a torch.optim.Optimizer nor a wrapper holding one in .optimizer")
+    return optimizer
+
+
+def find_mlp_input_projections(model: nn.Module) -> dict[str, nn.Module]:
+    """Tall linear layers (out > in; ``nn.Linear`` or GPT-2 ``Conv1D``) named like an MLP input projection."""
+    found = {}
+    for name, module in model.named_modules():
+        features = linear_features(module)
+        if features is not None and name.rsplit(".", 1)[-1] in MLP_INPUT_NAMES and features[1] > features[0]:
+            found[name] = module
+    return found
 
 
 def _parent_name(name: str) -> str:
@@ -145,8 +165,8 @@ class NeuronHealth:
             self.projections = {}
             for name in modules:
                 module = named.get(name)
-                if not isinstance(module, nn.Linear):
-                    raise ValueError(f"{name!r} is not an nn.Linear of the model")
+                if module is None or linear_features(module) is None:
+                    raise ValueError(f"{name!r} is not an nn.Linear (or GPT-2 Conv1D) of the model")
                 self.projections[name] = module
         if not self.projections:
             raise ValueError("no MLP input projection found; name the modules to track with modules=[...]")
@@ -164,6 +184,8 @@ class NeuronHealth:
         self._snapshots: dict[str, Tensor] = {}
         self._handles: list[Any] = []
         self._driver: int | None = None
+        #: projections stored (in, out): their weights are read transposed
+        self._in_out = {name for name, module in self.projections.items() if is_in_out_linear(module)}
         self.activation_sites = self._hook_activations(named)
 
     # ------------------------------------------------------------------ hooks
@@ -178,11 +200,12 @@ class NeuronHealth:
             parent = _parent_name(name)
             if parent in sites:
                 continue
+            hidden = linear_features(proj)[1]
             down = next(
                 (
                     f"{parent}.{child}" if parent else child
                     for child, m in (named[parent].named_children() if parent in named else [])
-                    if isinstance(m, nn.Linear) and m.in_features == proj.out_features and m is not proj
+                    if (features := linear_features(m)) is not None and features[0] == hidden and m is not proj
                 ),
                 None,
             )
@@ -215,9 +238,13 @@ class NeuronHealth:
         return hook
 
     def attach(self, *optimizers: Optimizer) -> NeuronHealth:
-        """Register step hooks on the optimizers that own tracked weights; returns ``self``."""
+        """Register step hooks on the optimizers that own tracked weights; returns ``self``.
+
+        Wrappers (accelerate's ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``) are
+        unwrapped: the hooks go on the torch optimizer they hold in ``.optimizer``.
+        """
         tracked = {id(m.weight) for m in self.projections.values()}
-        for optimizer in optimizers:
+        for optimizer in map(unwrap_optimizer, optimizers):
             owned = {id(p) for g in optimizer.param_groups for p in g["params"]} & tracked
             if not owned:
                 continue
@@ -239,6 +266,10 @@ class NeuronHealth:
         ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
         return [(name, m.weight) for name, m in self.projections.items() if id(m.weight) in ids]
 
+    def _rows(self, name: str, W: Tensor) -> Tensor:
+        """``W`` [out, in] for projection ``name``: a view, transposed where it is stored (in, out)."""
+        return W.mT if name in self._in_out else W
+
     def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         if self.step % self.every:
             return
@@ -254,7 +285,7 @@ class NeuronHealth:
             before = self._snapshots.pop(name, None)
             if before is None:
                 continue
-            delta = weight.detach() - before
+            delta = self._rows(name, weight.detach() - before)
             if not bool(delta.any()):  # a skipped step (e.g. non-finite gradient) carries no information
                 continue
             shares = row_update_shares(delta).float()
@@ -298,7 +329,7 @@ class NeuronHealth:
             act_dead_fraction=act_dead,
             layer_starved=self.layer_starved(),
             layer_act_dead=layer_dead,
-            layer_row_norm_cv={name: row_norm_spread(m.weight) for name, m in self.projections.items()},
+            layer_row_norm_cv={name: row_norm_spread(self._rows(name, m.weight)) for name, m in self.projections.items()},
         )
 
     def leverage(self, *optimizers: Optimizer) -> dict[str, Tensor]:
@@ -328,7 +359,7 @@ class NeuronHealth:
             else:
                 continue
             if bool(M.any()):
-                result[name] = relative_leverage(M).float()
+                result[name] = relative_leverage(self._rows(name, M)).float()
         return result
 
     # ------------------------------------------------------------------ checkpointing
@@ -363,7 +394,9 @@ __all__ = [
     "inactive_fraction",
     "leverage_histogram",
     "leverage_scores",
+    "linear_features",
     "relative_leverage",
     "row_norm_spread",
     "row_update_shares",
+    "unwrap_optimizer",
 ]

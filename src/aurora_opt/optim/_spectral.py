@@ -23,6 +23,9 @@ from .adamw import adamw_update_
 ADAMW = "adamw"
 NONFINITE_POLICIES = ("raise", "skip")
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+#: how a group's weights are stored: ``"out_in"`` (nn.Linear, convolutions) or ``"in_out"``
+#: (transformers' GPT-2 ``Conv1D``: y = x·W), trained exactly as the transposed ``"out_in"`` weight
+WEIGHT_LAYOUTS = ("out_in", "in_out")
 
 ADAMW_DEFAULTS: dict[str, Any] = {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0}
 
@@ -87,6 +90,12 @@ def as_matrices(t: Tensor) -> Tensor:
     return t.reshape(1, t.size(0), -1)
 
 
+def logical_matrix_shape(p: Tensor, group: dict[str, Any]) -> tuple[int, int, int]:
+    """``(B, out, in)`` of the matrices a spectral parameter is trained as, whatever its stored layout."""
+    batch, m, n = distributed.matrix_shape(p.shape)
+    return (batch, n, m) if group["weight_layout"] == "in_out" else (batch, m, n)
+
+
 def _check_lr(value: Any) -> None:
     """lr: a number ≥ 0, or a 0-d real tensor holding one (a scheduler may change it in place, so a
     compiled step does not recompile)."""
@@ -131,6 +140,9 @@ class SpectralOptimizer(Optimizer):
 
     Param groups whose ``"algorithm"`` is ``"adamw"`` are trained by AdamW in the same object, with
     ``lr``, ``betas``, ``eps`` and ``weight_decay`` taken from the group or else from ``adamw_*``.
+    A group's ``"weight_layout"`` says how its weights are stored: ``"out_in"`` (default; nn.Linear)
+    or ``"in_out"`` (transformers' GPT-2 ``Conv1D``), trained exactly as the transposed
+    ``"out_in"`` weight would be (shape scale, per-neuron statistics and rows all on output neurons).
     """
 
     algorithm: ClassVar[str]
@@ -188,12 +200,16 @@ class SpectralOptimizer(Optimizer):
             ns_steps=ns_steps,
             polar_dtype=polar_dtype,
             maximize=maximize,
+            weight_layout="out_in",
             **(algorithm_defaults or {}),
         )
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ groups and validation
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._name_unnamed_group(param_group)
+        if param_group.get("weight_layout", "out_in") not in WEIGHT_LAYOUTS:
+            raise ValueError(f"invalid weight_layout: {param_group['weight_layout']!r} (expected one of {WEIGHT_LAYOUTS})")
         if param_group.get("algorithm") == ADAMW:
             for key, value in self._adamw_defaults.items():
                 param_group.setdefault(key, value)
@@ -207,6 +223,21 @@ class SpectralOptimizer(Optimizer):
         except ValueError:
             self.param_groups.pop()
             raise
+
+    def _name_unnamed_group(self, param_group: dict[str, Any]) -> None:
+        """Name the parameters of a plain ``{"params": [...]}`` group added to named groups (such as
+        :func:`aurora_opt.param_groups` makes) ``"param_groups[g][i]"``: torch needs all groups
+        named or none."""
+        if not self.param_groups or "param_names" not in self.param_groups[0] or "param_names" in param_group:
+            return
+        params = param_group["params"]
+        if isinstance(params, set):  # torch rejects sets (unordered) with its own message
+            return
+        params = [params] if isinstance(params, Tensor) else list(params)
+        param_group["params"] = params
+        if all(isinstance(p, Tensor) for p in params):
+            index = len(self.param_groups)
+            param_group["param_names"] = [f"param_groups[{index}][{i}]" for i in range(len(params))]
 
     def _validate_adamw_group(self, group: dict[str, Any]) -> None:
         try:
@@ -241,6 +272,8 @@ class SpectralOptimizer(Optimizer):
             raise ValueError(f"invalid polar_dtype: {group['polar_dtype']!r} (expected a floating dtype or None)")
         self._validate_algorithm(group)
         self._check_params(group, min_dim=2)
+        if group["weight_layout"] == "in_out" and any(p.dim() > 3 for p in group["params"]):
+            raise ValueError("weight_layout 'in_out' applies to 2-D weights and 3-D stacks of them, not convolution kernels")
 
     def _validate_algorithm(self, group: dict[str, Any]) -> None:
         """Check the algorithm's own hyperparameters; raise ``ValueError`` naming the bad one."""
@@ -279,6 +312,8 @@ class SpectralOptimizer(Optimizer):
         state_dict = dict(state_dict)
         self._skipped_steps = int(state_dict.pop("skipped_steps", 0))
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # checkpoints from before weight_layout existed
+            group.setdefault("weight_layout", "out_in")
 
     # ------------------------------------------------------------------ the step
     def _check_grads(self) -> bool | Tensor:
@@ -415,6 +450,7 @@ class SpectralOptimizer(Optimizer):
         orthogonalize = make_orthogonalizer(
             group["polar"], steps=group["ns_steps"], eps=group["eps"], dtype=group["polar_dtype"]
         )
+        in_out = group["weight_layout"] == "in_out"
 
         def compute(indices: list[int], whole_momenta: list[Tensor]) -> list[Tensor]:
             # Every direction is invariant to the scale of M: an exact power-of-two rescale keeps norms
@@ -422,7 +458,10 @@ class SpectralOptimizer(Optimizer):
             matrices = [
                 scaled_to_unit_max(as_matrices(M).to(torch.promote_types(M.dtype, torch.float32))) for M in whole_momenta
             ]
-            return self._directions(matrices, [states[i] for i in indices], group, orthogonalize)
+            if in_out:  # directions are taken on the (out, in) matrices, rows = output neurons
+                matrices = [M.mT for M in matrices]
+            directions = self._directions(matrices, [states[i] for i in indices], group, orthogonalize)
+            return [U.mT for U in directions] if in_out else directions
 
         if process_group is None:
             directions = [U.reshape(p.shape).to(p.dtype) for p, U in zip(params, compute(list(range(len(params))), momenta))]
@@ -443,7 +482,7 @@ class SpectralOptimizer(Optimizer):
         if apply is not None:
             decay = torch.where(apply, decay, 1.0)
         for p, U in zip(params, directions):
-            _, m, n = distributed.matrix_shape(p.shape)
+            _, m, n = logical_matrix_shape(p, group)
             weight = distributed.local_tensor(p)
             weight.mul_(decay)
             scale = adjust_lr(lr, group["adjust_lr_fn"], m, n)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ._spectral import SpectralOptimizer, _check_float, spectral_kwargs_doc
+from ._spectral import SpectralOptimizer, _check_float, logical_matrix_shape, spectral_kwargs_doc
 
 
 def normuon_direction(
@@ -41,7 +41,7 @@ class NorMuon(SpectralOptimizer):
 
     def _init_state(self, p, state, group):
         super()._init_state(p, state, group)
-        batch, m = (p.shape[0], p.shape[1]) if p.dim() == 3 else (1, p.shape[0])
+        batch, m, _ = logical_matrix_shape(p, group)  # one statistic per output neuron
         state["neuron_variance"] = torch.zeros(batch, m, dtype=p.dtype, device=p.device)
 
     def _direction(self, M, state, group, orthogonalize):
