@@ -380,7 +380,14 @@ def measure_row_uniformity(trials: int = 15, seed: int = 3) -> None:
 
     rng = random.Random(seed)
     errors: dict[tuple[str, str], list[float]] = {}
-    variants = [("muon", {}), ("unormuon", {}), ("aurora", {}), ("aurora", {"balance_steps": AURORA_CONVERGED_STEPS}), ("riemannian_aurora", {})]
+    variants = [
+        ("muon", {}),
+        ("unormuon", {}),
+        ("aurora", {}),
+        ("aurora", {"row_correction": False}),
+        ("aurora", {"balance_steps": AURORA_CONVERGED_STEPS, "row_correction": False}),
+        ("riemannian_aurora", {}),
+    ]
     for trial in range(trials):
         n = rng.randint(2, 16)
         m = n * rng.randint(2, 8)
@@ -389,7 +396,7 @@ def measure_row_uniformity(trials: int = 15, seed: int = 3) -> None:
             grad = spectral_matrix(m, n, n, kappa, 1.0, trial).to(dtype)
             for name, options in variants:
                 U = one_step_direction(name, grad, polar_dtype=dtype, **options)
-                label = name + (f" K={options['balance_steps']}" if options else "")
+                label = " ".join([name, *(f"{key}={value}" for key, value in options.items())])
                 errors.setdefault((label, DTYPE_IDS[dtype]), []).append(row_uniformity_error(U.float().unsqueeze(0)).item())
     print("| update | dtype | min | median | max |\n|---|---|---|---|---|")
     for (label, dtype_id), values in errors.items():

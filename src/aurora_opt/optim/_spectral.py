@@ -146,8 +146,6 @@ class SpectralOptimizer(Optimizer):
     """
 
     algorithm: ClassVar[str]
-    #: state keys created lazily per spectral parameter, besides ``"momentum_buffer"``
-    extra_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

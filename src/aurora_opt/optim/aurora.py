@@ -303,7 +303,6 @@ def as_batch_shape(p: Tensor) -> tuple[int, int, int]:
 
 class Aurora(SpectralOptimizer):
     algorithm = "aurora"
-    extra_state = ("balance_scaling",)
     stacked_state = ("balance_scaling",)
 
     def __init__(
