@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,7 @@ def test_truncated_shard_header(tmp_path):
 
 def test_stdlib_corpus_is_found_and_split():
     corpus = load_corpus(None)
-    assert corpus.source.startswith("python-stdlib:")
+    assert corpus.source == f"python-stdlib {platform.python_version()}"  # named, not located
     total = corpus.train.numel() + corpus.val.numel()
     assert total > 1_000_000  # the stdlib's .py files are megabytes on every CPython install
     assert 0.03 < corpus.val.numel() / total < 0.3  # about 10 % of files by hash

@@ -3,6 +3,7 @@ modded-nanoGPT ``.bin`` shards; a deterministic train/validation split and step-
 
 from __future__ import annotations
 
+import platform
 import sysconfig
 import zlib
 from dataclasses import dataclass
@@ -76,7 +77,12 @@ def stdlib_corpus(min_tokens: int = 2) -> Corpus:
     )
     if not files:
         raise DataError(f"no Python source found under the standard library path {root}")
-    return _bytes_corpus(files, f"python-stdlib:{root}", min_tokens)
+    return _bytes_corpus(files, stdlib_name(), min_tokens)
+
+
+def stdlib_name() -> str:
+    """How results name the default corpus: by Python version, not by its local path."""
+    return f"python-stdlib {platform.python_version()}"
 
 
 def stdlib_prefix(limit: int) -> Tensor:
@@ -106,7 +112,7 @@ def text_corpus(path: Path, min_tokens: int = 2) -> Corpus:
         raise DataError(f"data path not found: {path}")
     if not files:
         raise DataError(f"no files under {path}")
-    return _bytes_corpus(files, str(path), min_tokens)
+    return _bytes_corpus(files, path.name, min_tokens)
 
 
 def read_shard(path: Path) -> Tensor:
@@ -150,7 +156,7 @@ def shard_corpus(paths: list[Path], min_tokens: int = 2) -> Corpus:
         if part.numel() < min_tokens:
             raise DataError(f"{paths[0].parent}: the {name} split has {part.numel()} tokens (need {min_tokens})")
     vocab_size = int(max(train.max(), val.max())) + 1
-    return Corpus(train, val, vocab_size, ",".join(str(p) for p in sorted(paths)))
+    return Corpus(train, val, vocab_size, ",".join(p.name for p in sorted(paths)))
 
 
 def load_corpus(path: str | Path | None, min_tokens: int = 2) -> Corpus:
