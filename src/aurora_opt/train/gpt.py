@@ -16,13 +16,14 @@ MLP_KINDS = ("swiglu", "gelu")
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Model shape. ``mlp_expansion`` sets the MLP width: hidden = mlp_expansion × d_model."""
+    """Model shape. ``mlp_expansion`` sets the MLP width: hidden = mlp_expansion × d_model. The defaults
+    are the small byte-level model of ``aurora-opt compare``."""
 
     vocab_size: int = 256
-    seq_len: int = 128
-    n_layer: int = 4
+    seq_len: int = 64
+    n_layer: int = 2
     n_head: int = 4
-    d_model: int = 128
+    d_model: int = 64
     mlp_expansion: int = 4
     mlp: str = "swiglu"
 

@@ -39,6 +39,8 @@ class TrainConfig:
     lr is in the optimizer's units (spectral norm per update before shape scaling, for the spectral
     rules); ``adamw_lr`` trains the embeddings, head and norm gains, the same for every optimizer.
     Batches depend only on (seed, step), so every optimizer sees the same data in the same order.
+    The model's defaults are :class:`GPTConfig`'s; these defaults are also the command line's.
+    ``checkpoint_every`` applies only when :func:`train` is given a checkpoint directory.
     """
 
     optimizer: str = "aurora"
@@ -47,20 +49,20 @@ class TrainConfig:
     adamw_lr: float = 3e-3
     steps: int = 300
     batch_size: int = 16
-    seq_len: int = 64
-    n_layer: int = 2
-    n_head: int = 4
-    d_model: int = 64
-    mlp_expansion: int = 4
-    mlp: str = "swiglu"
+    seq_len: int = GPTConfig.seq_len
+    n_layer: int = GPTConfig.n_layer
+    n_head: int = GPTConfig.n_head
+    d_model: int = GPTConfig.d_model
+    mlp_expansion: int = GPTConfig.mlp_expansion
+    mlp: str = GPTConfig.mlp
     seed: int = 0
     device: str = "cpu"
     log_every: int = 10
-    eval_every: int = 50
+    eval_every: int = 100
     eval_batches: int = 4
     diag_every: int = 1
     leverage_steps: tuple[int, ...] = ()
-    checkpoint_every: int = 0
+    checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
         if self.optimizer not in optimizer_names():
@@ -130,13 +132,14 @@ def build_optimizers(config: TrainConfig, model: GPT) -> list[Optimizer]:
     """The optimizer(s) for ``model``; torch.optim.Muon takes only matrices, so it comes with an AdamW."""
     lr, weight_decay = config.resolved_hparams()
     groups = model.param_groups()
-    adamw_params = groups[1]["params"]
     if config.optimizer == "adamw":
         return [torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)]
     if config.optimizer == "torch_muon":
+        matrices = [p for g in groups if g.get("algorithm") != "adamw" for p in g["params"]]
+        others = [p for g in groups if g.get("algorithm") == "adamw" for p in g["params"]]
         return [
-            torch.optim.Muon(groups[0]["params"], lr=lr, weight_decay=weight_decay),
-            torch.optim.AdamW(adamw_params, lr=config.adamw_lr, betas=(0.9, 0.95), weight_decay=0.0),
+            torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay),
+            torch.optim.AdamW(others, lr=config.adamw_lr, betas=(0.9, 0.95), weight_decay=0.0),
         ]
     return [OPTIMIZERS[config.optimizer](groups, lr=lr, weight_decay=weight_decay, adamw_lr=config.adamw_lr)]
 
@@ -145,6 +148,13 @@ def _config_key(config: TrainConfig) -> dict[str, Any]:
     """The fields a checkpoint must agree on to be resumed (all but bookkeeping intervals)."""
     skip = {"checkpoint_every", "device"}
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
+
+
+def autocast_for(device: torch.device) -> Callable[[], Any]:
+    """fp32 on CPU (no autocast), bf16 autocast elsewhere."""
+    if device.type == "cpu":
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()
@@ -158,6 +168,111 @@ def evaluate(model: GPT, tokens: torch.Tensor, config: TrainConfig, autocast: An
             total += float(model(x.to(config.device), y.to(config.device)))
     model.train()
     return total / config.eval_batches
+
+
+class Training:
+    """One run's model, optimizers, diagnostics and measurements, advanced one step at a time."""
+
+    def __init__(self, config: TrainConfig, corpus: Corpus, checkpoint_dir: Path | None) -> None:
+        self.config, self.corpus, self.checkpoint_dir = config, corpus, checkpoint_dir
+        self.device = torch.device(config.device)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # starved rows fill momentum with denormals: 10x slower without
+        self.autocast = autocast_for(self.device)
+        torch.manual_seed(config.seed)
+        self.model = GPT(config.model_config(corpus.vocab_size)).to(self.device)
+        self.optimizers = build_optimizers(config, self.model)
+        self.health = NeuronHealth(self.model, every=config.diag_every).attach(*self.optimizers)
+        lr, weight_decay = config.resolved_hparams()
+        self.result = RunResult(config.optimizer, config.mlp_expansion, lr, weight_decay, config.seed,
+                                num_params=self.model.num_params())
+        self.interval = {"loss_sum": 0.0, "count": 0}
+
+    def restore(self, warn: Callable[[str], None]) -> None:
+        """Continue from the newest good checkpoint in ``checkpoint_dir``, if there is one."""
+        if self.checkpoint_dir is None:
+            return
+        loaded = load_latest_checkpoint(self.checkpoint_dir, warn)
+        if loaded is None:
+            return
+        payload, path = loaded
+        if payload["config"] != _config_key(self.config):
+            raise ValueError(f"{path} was written by a run with different settings; "
+                             "use a new --out directory or the original settings")
+        self.model.load_state_dict(payload["model"])
+        for optimizer, state in zip(self.optimizers, payload["optimizers"]):
+            optimizer.load_state_dict(state)
+        self.health.load_state_dict(payload["health"])
+        self.result = RunResult(**payload["result"])
+        self.interval = payload["interval"]
+
+    def save(self) -> None:
+        if self.checkpoint_dir is None:
+            return
+        save_checkpoint({
+            "config": _config_key(self.config),
+            "model": self.model.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "health": self.health.state_dict(),
+            "result": self.result.as_dict(),
+            "interval": dict(self.interval),
+        }, self.checkpoint_dir, self.result.step)
+
+    def step(self, step: int) -> float:
+        """One optimizer step on the batch of ``step``; returns the training loss."""
+        config = self.config
+        start = time.perf_counter()
+        x, y = get_batch(self.corpus.train, config.batch_size, config.seq_len, batch_generator(config.seed, step))
+        with self.autocast():
+            loss = self.model(x.to(self.device), y.to(self.device))
+        loss.backward()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss_value = float(loss.detach())
+        self.result.train_seconds += time.perf_counter() - start
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"{config.optimizer}: training loss became {loss_value} at step {step}")
+        self.interval["loss_sum"] += loss_value
+        self.interval["count"] += 1
+        return loss_value
+
+    def record(self, step: int) -> dict[str, Any]:
+        """Append the interval's mean training loss, neuron health and (when due) validation loss."""
+        config = self.config
+        is_eval = step % config.eval_every == 0 or step == config.steps
+        snapshot = self.health.measure()
+        record = {
+            "step": step,
+            "train_loss": self.interval["loss_sum"] / self.interval["count"],
+            "val_loss": evaluate(self.model, self.corpus.val, config, self.autocast) if is_eval else None,
+            "starved_fraction": snapshot.starved_fraction,
+            "act_dead_fraction": snapshot.act_dead_fraction,
+        }
+        self.result.history.append(record)
+        self.result.layers.append({"step": step, "starved": snapshot.layer_starved,
+                                   "act_dead": snapshot.layer_act_dead, "row_norm_cv": snapshot.layer_row_norm_cv})
+        self.interval = {"loss_sum": 0.0, "count": 0}
+        return record
+
+    def record_leverage(self, step: int) -> None:
+        self.result.leverage[str(step)] = {
+            name: leverage_histogram(values) for name, values in self.health.leverage(*self.optimizers).items()
+        }
+
+    def finish(self) -> RunResult:
+        last = self.result.history[-1]
+        self.result.final = {
+            "val_loss": last["val_loss"],
+            "starved_fraction": last["starved_fraction"],
+            "act_dead_fraction": last["act_dead_fraction"],
+            "sec_per_step": self.result.train_seconds / max(self.result.step, 1),
+        }
+        self.result.status = "complete"
+        self.save()
+        self.health.detach()
+        return self.result
 
 
 def train(
@@ -176,105 +291,28 @@ def train(
     set (then returns early with ``status == "interrupted"``); with ``resume``, continues from the
     newest good checkpoint there. On CPU the continued run equals an uninterrupted one bit for bit.
     """
-    device = torch.device(config.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # starved rows fill momentum with denormals: 10x slower without
-        autocast: Callable[[], Any] = nullcontext
-    else:
-        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
-    torch.manual_seed(config.seed)
-    model = GPT(config.model_config(corpus.vocab_size)).to(device)
-    optimizers = build_optimizers(config, model)
-    health = NeuronHealth(model, every=config.diag_every).attach(*optimizers)
-    lr, weight_decay = config.resolved_hparams()
-    result = RunResult(config.optimizer, config.mlp_expansion, lr, weight_decay, config.seed,
-                       num_params=model.num_params())
-    interval = {"loss_sum": 0.0, "count": 0}
-
-    if resume and checkpoint_dir is not None:
-        loaded = load_latest_checkpoint(checkpoint_dir, warn)
-        if loaded is not None:
-            payload, path = loaded
-            if payload["config"] != _config_key(config):
-                raise ValueError(f"{path} was written by a run with different settings; "
-                                 "use a new --out directory or the original settings")
-            model.load_state_dict(payload["model"])
-            for optimizer, state in zip(optimizers, payload["optimizers"]):
-                optimizer.load_state_dict(state)
-            health.load_state_dict(payload["health"])
-            result = RunResult(**payload["result"])
-            interval = payload["interval"]
-
-    def save() -> None:
-        if checkpoint_dir is None:
-            return
-        save_checkpoint({
-            "config": _config_key(config),
-            "model": model.state_dict(),
-            "optimizers": [o.state_dict() for o in optimizers],
-            "health": health.state_dict(),
-            "result": result.as_dict(),
-            "interval": dict(interval),
-        }, checkpoint_dir, result.step)
-
-    model.train()
-    result.status = "running"
-    while result.step < config.steps:
-        step = result.step + 1
-        start = time.perf_counter()
-        x, y = get_batch(corpus.train, config.batch_size, config.seq_len, batch_generator(config.seed, step))
-        with autocast():
-            loss = model(x.to(device), y.to(device))
-        loss.backward()
-        for optimizer in optimizers:
-            optimizer.step()
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        loss_value = float(loss.detach())
-        result.train_seconds += time.perf_counter() - start
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"{config.optimizer}: training loss became {loss_value} at step {step}")
-        interval["loss_sum"] += loss_value
-        interval["count"] += 1
+    run = Training(config, corpus, checkpoint_dir)
+    if resume:
+        run.restore(warn)
+    run.model.train()
+    run.result.status = "running"
+    while run.result.step < config.steps:
+        step = run.result.step + 1
+        loss = run.step(step)
         if step in config.leverage_steps:
-            result.leverage[str(step)] = {
-                name: leverage_histogram(values) for name, values in health.leverage(*optimizers).items()
-            }
+            run.record_leverage(step)
         if step % config.log_every == 0 or step == config.steps:
-            is_eval = step % config.eval_every == 0 or step == config.steps
-            snapshot = health.measure()
-            record = {
-                "step": step,
-                "train_loss": interval["loss_sum"] / interval["count"],
-                "val_loss": evaluate(model, corpus.val, config, autocast) if is_eval else None,
-                "starved_fraction": snapshot.starved_fraction,
-                "act_dead_fraction": snapshot.act_dead_fraction,
-            }
-            result.history.append(record)
-            result.layers.append({"step": step, "starved": snapshot.layer_starved, "act_dead": snapshot.layer_act_dead,
-                                  "row_norm_cv": snapshot.layer_row_norm_cv})
-            interval = {"loss_sum": 0.0, "count": 0}
-            if progress is not None:
-                progress(step, record)
-        elif progress is not None:
-            progress(step, {"train_loss": loss_value})
-        result.step = step
-        result.diagnostic_seconds = health.seconds
+            record = run.record(step)
+        else:
+            record = {"train_loss": loss}
+        if progress is not None:
+            progress(step, record)
+        run.result.step = step
+        run.result.diagnostic_seconds = run.health.seconds
         if stop is not None and stop.signal is not None:
-            result.status = "interrupted"
-            save()
-            return result
+            run.result.status = "interrupted"
+            run.save()
+            return run.result
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-            save()
-
-    last = result.history[-1]
-    result.final = {
-        "val_loss": last["val_loss"],
-        "starved_fraction": last["starved_fraction"],
-        "act_dead_fraction": last["act_dead_fraction"],
-        "sec_per_step": result.train_seconds / max(result.step, 1),
-    }
-    result.status = "complete"
-    save()
-    health.detach()
-    return result
+            run.save()
+    return run.finish()
