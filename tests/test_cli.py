@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from aurora_opt.cli import TUNED_LRS, build_parser, main
+from aurora_opt.cli import DEFAULT_LRS, build_parser, main
+from aurora_opt.train.report import difference, gain_trend
 
 TINY = ["--steps", "4", "--d-model", "16", "--n-layer", "1", "--n-head", "2", "--seq-len", "16", "--batch-size", "2",
         "--log-every", "2", "--eval-every", "2", "--eval-batches", "1", "--no-progress"]
@@ -24,8 +27,11 @@ def text_file(tmp_path_factory) -> Path:
 
 
 def check_results_shape(results: dict, optimizers: list[str], steps: int) -> None:
-    """results.json as documented: config, machine, runs[optimizer, mlp_expansion, lr, seed, history, final]."""
-    assert isinstance(results["config"], dict) and isinstance(results["machine"], dict)
+    """results.json as documented: provenance, config, runs[optimizer, mlp_expansion, lr, seed, history, final]."""
+    assert isinstance(results["config"], dict)
+    assert {"commit", "dirty", "version", "command", "torch", "device", "threads", "machine", "utc"} <= set(
+        results["provenance"])
+    assert results["provenance"]["command"].startswith("aurora-opt ")
     assert [run["optimizer"] for run in results["runs"]] == optimizers
     for run in results["runs"]:
         assert isinstance(run["optimizer"], str) and isinstance(run["mlp_expansion"], int)
@@ -45,7 +51,9 @@ def test_compare_writes_results_plots_and_report(tmp_path, text_file, capsys):
     assert main(["compare", "--data", str(text_file), "--out", str(out), *TINY]) == 0
     results = json.loads((out / "results.json").read_text())
     check_results_shape(results, ["muon", "normuon", "unormuon", "aurora"], steps=4)
-    assert [run["lr"] for run in results["runs"]] == [TUNED_LRS[n] for n in ("muon", "normuon", "unormuon", "aurora")]
+    assert results["provenance"]["command"] == shlex.join(["aurora-opt", "compare", "--data", str(text_file),
+                                                           "--out", str(out), *TINY])
+    assert [run["lr"] for run in results["runs"]] == [DEFAULT_LRS[n] for n in ("muon", "normuon", "unormuon", "aurora")]
     for plot in ("loss.png", "starved.png", "leverage.png", "starved_heatmap.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
     report = (out / "report.md").read_text()
@@ -114,3 +122,58 @@ def test_parser_lists_the_subcommands():
     parser = build_parser()
     assert parser.parse_args(["compare"]).command == "compare"
     assert parser.parse_args(["sweep", "--expansions", "2,8"]).expansions == [2, 8]
+
+
+def test_sweep_resume_skips_finished_runs_and_refuses_changed_settings(tmp_path, text_file, capsys):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--optimizers", "muon,aurora", "--expansions", "4", "--lrs", "0.02", "--lrs", "aurora=0.05",
+            "--seeds", "0", "--data", str(text_file), "--out", str(out), *TINY, "--steps", "2"]
+    assert main(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert [(r["optimizer"], r["lr"]) for r in first["runs"]] == [("muon", 0.02), ("aurora", 0.05)]
+    finished = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+
+    capsys.readouterr()
+    assert main([*argv, "--steps", "3", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aurora-opt: error: --resume: the settings differ") and "steps 2 → 3" in err
+
+    # a third seed: the finished runs are read back, only the new ones train
+    assert main([*argv, "--seeds", "0,2", "--resume"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert [(r["optimizer"], r["seed"]) for r in again["runs"]] == [("muon", 0), ("muon", 2), ("aurora", 0), ("aurora", 2)]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir() if p.name in finished} == finished
+    assert again["runs"][0]["history"] == first["runs"][0]["history"]
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me\n")
+    assert main(["compare", "--out", str(target), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == f"aurora-opt: error: --out {target}: exists and is not a directory"
+    assert target.read_text() == "keep me\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
+    assert main(["compare", "--device", "cuda", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == "aurora-opt: error: --device cuda: torch sees no CUDA device"
+
+
+def _cell(mean: float, sem: float | None, expansion: int = 4, optimizer: str = "muon") -> dict:
+    return {"mlp_expansion": expansion, "optimizer": optimizer, "lr": 0.02, "seeds": 3,
+            "val_loss_mean": mean, "val_loss_sem": sem}
+
+
+def test_differences_are_called_significant_only_beyond_two_standard_errors():
+    # se = hypot(0.03, 0.04) = 0.05: a difference of 0.099 is within 2 SE, 0.101 beyond
+    assert not difference(_cell(2.099, 0.03), _cell(2.0, 0.04))["significant"]
+    assert difference(_cell(2.101, 0.03), _cell(2.0, 0.04))["significant"]
+    assert difference(_cell(2.5, None), _cell(2.0, 0.04)) == {"value": 0.5, "se": None, "significant": False}
+    # the issue's case: gains +0.012 and +0.017 with a seed spread near 0.07 are no trend
+    noisy = [(2, {"value": 0.012, "se": 0.04}), (4, {"value": 0.017, "se": 0.04})]
+    assert "no dependence of the gain" in gain_trend(noisy)
+    clear = [(2, {"value": 0.01, "se": 0.002}), (4, {"value": 0.03, "se": 0.002}), (8, {"value": 0.06, "se": 0.002})]
+    assert gain_trend(clear).startswith("The gain grows")
+    mixed = [(2, {"value": 0.01, "se": 0.002}), (4, {"value": 0.03, "se": 0.002}), (8, {"value": 0.031, "se": 0.002})]
+    assert "2 → 4" in gain_trend(mixed) and "4 → 8" not in gain_trend(mixed)

@@ -18,13 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import bench
+from .provenance import provenance
 from .train.checkpoint import CheckpointError
 from .train.data import Corpus, DataError, load_corpus
 from .train.report import (
     MissingExtraError,
     compare_report,
-    machine_info,
+    load_average,
     plot_compare,
     plot_sweep,
     require,
@@ -35,11 +38,17 @@ from .train.report import (
 from .train.trainer import RunResult, StopRequest, TrainConfig, optimizer_names, train
 
 DEFAULT_OPTIMIZERS = ("muon", "normuon", "unormuon", "aurora")
-#: lr of each optimizer in ``compare`` by default. muon and aurora: the best of the CPU lr sweep in
-#: docs/results/lr-sweep-cpu (the default model, 300 steps, lr 0.01-0.1), also their library defaults;
-#: the others were not swept and take their library default (0.02)
-TUNED_LRS: dict[str, float] = {"muon": 0.02, "normuon": 0.02, "unormuon": 0.02, "aurora": 0.02,
-                               "riemannian_aurora": 0.02, "adamw": 3e-3, "torch_muon": 0.02}
+#: lr of each optimizer in ``compare`` unless ``--lr`` says otherwise: the library defaults (muon and
+#: aurora were the best of the CPU lr sweep in docs/results/lr-sweep-cpu, default model, 300 steps,
+#: lr 0.01-0.1; the others were not swept); AdamW's is tuned for the small model
+DEFAULT_LRS: dict[str, float] = {"muon": 0.02, "normuon": 0.02, "unormuon": 0.02, "aurora": 0.02,
+                                 "riemannian_aurora": 0.02, "adamw": 3e-3, "torch_muon": 0.02}
+#: TrainConfig's defaults, which are also the command line's
+TRAIN_DEFAULTS = TrainConfig()
+#: fields of TrainConfig that vary within one command (the grid), not settings of the command
+GRID_FIELDS = ("optimizer", "lr", "seed", "mlp_expansion", "leverage_steps")
+#: settings that may change between an interrupted command and its ``--resume``
+BOOKKEEPING_FIELDS = ("checkpoint_every",)
 
 
 class UsageError(ValueError):
@@ -59,28 +68,32 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
 
 def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int) -> None:
     """Model, data, run length and checkpointing: shared by every training subcommand."""
+    d = TRAIN_DEFAULTS
     g = parser.add_argument_group("model and data")
     g.add_argument("--data", type=Path, default=None,
                    help="text file, directory of text files, or .bin token shard(s); default: Python's stdlib source")
-    g.add_argument("--mlp-expansion", type=int, default=4, help="MLP hidden width / d_model (default 4)")
-    g.add_argument("--mlp", choices=("swiglu", "gelu"), default="swiglu")
-    g.add_argument("--n-layer", type=int, default=2)
-    g.add_argument("--n-head", type=int, default=4)
-    g.add_argument("--d-model", type=int, default=64)
-    g.add_argument("--seq-len", type=int, default=64)
-    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--mlp-expansion", type=int, default=d.mlp_expansion,
+                   help=f"MLP hidden width / d_model (default {d.mlp_expansion})")
+    g.add_argument("--mlp", choices=("swiglu", "gelu"), default=d.mlp)
+    g.add_argument("--n-layer", type=int, default=d.n_layer)
+    g.add_argument("--n-head", type=int, default=d.n_head)
+    g.add_argument("--d-model", type=int, default=d.d_model)
+    g.add_argument("--seq-len", type=int, default=d.seq_len)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
     g = parser.add_argument_group("training")
     g.add_argument("--steps", type=int, default=steps, help=f"optimizer steps per run (default {steps})")
     g.add_argument("--weight-decay", type=float, default=None, help="default: each optimizer's own default")
-    g.add_argument("--adamw-lr", type=float, default=3e-3, help="lr of embeddings, head and norms (all optimizers)")
-    g.add_argument("--device", default="cpu", help="cpu (fp32) or cuda (bf16 autocast)")
-    g.add_argument("--log-every", type=int, default=10, help="steps between recorded diagnostics")
-    g.add_argument("--eval-every", type=int, default=100, help="steps between validation losses")
-    g.add_argument("--eval-batches", type=int, default=4)
-    g.add_argument("--diag-every", type=int, default=1, help="measure update shares every N steps")
+    g.add_argument("--adamw-lr", type=float, default=d.adamw_lr,
+                   help="lr of embeddings, head and norms (all optimizers)")
+    g.add_argument("--device", default=d.device, help="cpu (fp32) or cuda (bf16 autocast)")
+    g.add_argument("--log-every", type=int, default=d.log_every, help="steps between recorded diagnostics")
+    g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation losses")
+    g.add_argument("--eval-batches", type=int, default=d.eval_batches)
+    g.add_argument("--diag-every", type=int, default=d.diag_every, help="measure update shares every N steps")
     g = parser.add_argument_group("output and checkpoints")
     g.add_argument("--out", type=Path, default=None, help="output directory")
-    g.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: never)")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="steps between checkpoints (0: never)")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoints and finished runs in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -101,9 +114,9 @@ def _run_config(args: argparse.Namespace, **fields: Any) -> TrainConfig:
 
 
 def _parse_lrs(text: str | None, optimizers: list[str]) -> tuple[dict[str, float], str]:
-    """``--lr``: one number for all (matched), or ``name=value,...``; default: the tuned table."""
+    """``--lr``: one number for all (matched), or ``name=value,...``; default: ``DEFAULT_LRS``."""
     if text is None:
-        return ({name: TUNED_LRS[name] for name in optimizers},
+        return ({name: DEFAULT_LRS[name] for name in optimizers},
                 "each optimizer at its default lr for this command (best of the CPU lr sweep for muon and "
                 "aurora; Muon's lr for normuon and unormuon, not swept; docs/neuron-health.md)")
     if "=" not in text:
@@ -112,7 +125,7 @@ def _parse_lrs(text: str | None, optimizers: list[str]) -> tuple[dict[str, float
         except ValueError:
             raise UsageError(f"--lr: expected a number or name=value pairs, got {text!r}") from None
         return {name: value for name in optimizers}, f"matched: every optimizer at lr {value:g}"
-    lrs = {name: TUNED_LRS[name] for name in optimizers}
+    lrs = {name: DEFAULT_LRS[name] for name in optimizers}
     for item in text.split(","):
         name, _, value = item.partition("=")
         if name.strip() not in optimizers:
@@ -124,6 +137,32 @@ def _parse_lrs(text: str | None, optimizers: list[str]) -> tuple[dict[str, float
     return lrs, "given on the command line: " + ", ".join(f"{n} {v:g}" for n, v in lrs.items())
 
 
+#: lrs every optimizer is swept over unless ``--lrs`` says otherwise
+DEFAULT_SWEEP_LRS = (0.01, 0.02, 0.05, 0.1)
+
+
+def _parse_sweep_lrs(texts: list[str] | None, optimizers: list[str]) -> dict[str, list[float]]:
+    """``--lrs`` (repeatable): ``a,b,c`` for every optimizer not named elsewhere, or ``name=a,b,c``."""
+    shared: list[float] = list(DEFAULT_SWEEP_LRS)
+    own: dict[str, list[float]] = {}
+    for text in texts or []:
+        name, sep, values = text.rpartition("=")
+        name = name.strip()
+        if sep and name not in optimizers:
+            raise UsageError(f"--lrs: {name!r} is not among --optimizers")
+        try:
+            lrs = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise UsageError(f"--lrs: expected comma-separated numbers, got {values!r}") from None
+        if not lrs:
+            raise UsageError(f"--lrs: no learning rates in {text!r}")
+        if sep:
+            own[name] = lrs
+        else:
+            shared = lrs
+    return {name: own.get(name, shared) for name in optimizers}
+
+
 def _check_optimizers(names: list[str]) -> list[str]:
     for name in names:
         if name not in optimizer_names():
@@ -133,13 +172,29 @@ def _check_optimizers(names: list[str]) -> list[str]:
     return names
 
 
+def _check_device(device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UsageError(f"--device: {device!r} is not a torch device") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: torch sees no CUDA device")
+
+
+def _output_dir(args: argparse.Namespace, default: str) -> Path:
+    out = args.out or Path(default)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- running
 class Runner:
     """Runs one training after another into ``out``: finished runs are kept as runs/<key>.json, and
     checkpoints under checkpoints/<key>/, so ``--resume`` skips finished runs and continues the rest."""
 
-    def __init__(self, args: argparse.Namespace, corpus: Corpus, stop: StopRequest) -> None:
-        self.out: Path = args.out
+    def __init__(self, out: Path, args: argparse.Namespace, corpus: Corpus, stop: StopRequest) -> None:
+        self.out = out
         self.resume: bool = args.resume
         self.progress = not args.no_progress
         self.corpus = corpus
@@ -181,6 +236,55 @@ class Runner:
         return result
 
 
+def _settings(args: argparse.Namespace, corpus: Corpus) -> dict[str, Any]:
+    """What every run of a command shares and a ``--resume`` must match: the training settings
+    except the grid axes and checkpoint interval, and the data."""
+    settings = dataclasses.asdict(_run_config(args))
+    for key in (*GRID_FIELDS, *BOOKKEEPING_FIELDS):
+        settings.pop(key)
+    settings["data"] = corpus.describe()
+    return settings
+
+
+def _check_settings(out: Path, command: str, settings: dict[str, Any], resume: bool) -> None:
+    """Record the settings in ``out/settings.json``; with ``resume``, refuse if they changed."""
+    path = out / "settings.json"
+    current = {"command": command, **settings}
+    if resume and path.exists():
+        saved = json.loads(path.read_text())
+        changed = [f"{key} {saved.get(key)!r} → {current.get(key)!r}" for key in sorted({*saved, *current})
+                   if saved.get(key) != current.get(key)]
+        if changed:
+            raise UsageError(f"--resume: the settings differ from those in {path} ({'; '.join(changed)}); "
+                             "use the original settings or a new --out directory")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, current)
+
+
+def _run_all(args: argparse.Namespace, command: str, default_out: str,
+             grid: list[tuple[TrainConfig, str]]) -> tuple[Path, Corpus, list[RunResult], float] | int:
+    """The one run loop of ``compare`` and ``sweep``: train every (config, label) of ``grid`` in
+    order into the output directory. Returns (out, corpus, results, wall seconds), or the exit code
+    if a signal stopped it."""
+    out = _output_dir(args, default_out)
+    _check_device(args.device)
+    corpus = _load_corpus(args)
+    if not args.no_progress:
+        require("tqdm")
+    require("matplotlib")
+    _check_settings(out, command, _settings(args, corpus), args.resume)
+    stop = _install_stop()
+    runner = Runner(out, args, corpus, stop)
+    start = time.perf_counter()
+    results = []
+    for config, label in grid:
+        result = runner.run(config, label)
+        if result is None:
+            return _interrupted(stop, out)
+        results.append(result)
+    return out, corpus, results, time.perf_counter() - start
+
+
 def _interrupted(stop: StopRequest, out: Path) -> int:
     print(f"aurora-opt: stopped by signal {stop.signal}; checkpoint saved under {out / 'checkpoints'}. "
           f"Continue with the same command and --resume.", file=sys.stderr)
@@ -195,89 +299,63 @@ def _load_corpus(args: argparse.Namespace) -> Corpus:
     return corpus
 
 
-def _common_config(args: argparse.Namespace, corpus: Corpus, num_params: int) -> dict[str, Any]:
-    config = dataclasses.asdict(_run_config(args))
-    for key in ("optimizer", "lr", "seed", "leverage_steps"):
-        config.pop(key)
-    config.update(data=corpus.describe(), num_params=num_params)
-    return config
-
-
-def _num_params(args: argparse.Namespace, corpus: Corpus) -> int:
-    from .train.gpt import GPT
-
-    return GPT(_run_config(args).model_config(corpus.vocab_size)).num_params()
+def _results(args: argparse.Namespace, corpus: Corpus, runs: list[RunResult], wall_seconds: float,
+             **config: Any) -> dict[str, Any]:
+    """results.json: provenance, the shared settings plus ``config``, and every run's history."""
+    settings = _settings(args, corpus)
+    settings.update(num_params=runs[0].num_params, checkpoint_every=args.checkpoint_every, **config)
+    return {"provenance": {**provenance(args.device, args.command_line), "load_average": load_average()},
+            "config": settings,
+            "wall_seconds": wall_seconds, "runs": [r.results_entry() for r in runs]}
 
 
 def run_compare(args: argparse.Namespace) -> int:
     optimizers = _check_optimizers(args.optimizers)
     lrs, lr_source = _parse_lrs(args.lr, optimizers)
-    args.out = args.out or Path("aurora-compare")
     leverage_steps = args.leverage_steps or sorted({max(1, args.steps // 10), max(1, args.steps // 2), args.steps})
-    corpus = _load_corpus(args)
-    if not args.no_progress:
-        require("tqdm")
-    require("matplotlib")
-    stop = _install_stop()
-    runner = Runner(args, corpus, stop)
-    start = time.perf_counter()
-    machine = machine_info(args.device)
-    results_runs = []
-    for index, name in enumerate(optimizers):
-        config = _run_config(args, optimizer=name, lr=lrs[name], seed=args.seed, leverage_steps=tuple(leverage_steps))
-        result = runner.run(config, f"[{index + 1}/{len(optimizers)}] {name} lr {lrs[name]:g}")
-        if result is None:
-            return _interrupted(stop, args.out)
-        results_runs.append(result)
-    config = _common_config(args, corpus, results_runs[0].num_params)
-    config.update(optimizers=optimizers, seed=args.seed, lrs=lrs, lr_source=lr_source, leverage_steps=leverage_steps)
-    results = {"config": config, "machine": machine, "wall_seconds": time.perf_counter() - start,
-               "runs": [r.results_entry() for r in results_runs]}
+    grid = [(_run_config(args, optimizer=name, lr=lrs[name], seed=args.seed, leverage_steps=tuple(leverage_steps)),
+             f"[{index + 1}/{len(optimizers)}] {name} lr {lrs[name]:g}") for index, name in enumerate(optimizers)]
+    done = _run_all(args, "compare", "aurora-compare", grid)
+    if isinstance(done, int):
+        return done
+    out, corpus, runs, wall_seconds = done
+    results = _results(args, corpus, runs, wall_seconds, mlp_expansion=args.mlp_expansion, optimizers=optimizers,
+                       seed=args.seed, lrs=lrs, lr_source=lr_source, leverage_steps=leverage_steps)
     diagnostics = {"runs": [{"optimizer": r.optimizer, "layers": r.layers, "leverage": r.leverage,
                              "diagnostic_seconds": r.diagnostic_seconds, "train_seconds": r.train_seconds}
-                            for r in results_runs]}
-    write_json(args.out / "results.json", results)
-    write_json(args.out / "diagnostics.json", diagnostics)
-    plots = plot_compare(args.out, results["runs"], diagnostics)
-    (args.out / "report.md").write_text(compare_report(results))
-    print(compare_report(results))
-    print(f"wrote {args.out / 'results.json'}, {', '.join(p.name for p in plots)}, report.md", file=sys.stderr)
+                            for r in runs]}
+    write_json(out / "results.json", results)
+    write_json(out / "diagnostics.json", diagnostics)
+    plots = plot_compare(out, results["runs"], diagnostics)
+    report = compare_report(results)
+    (out / "report.md").write_text(report)
+    print(report)
+    print(f"wrote {out / 'results.json'}, {', '.join(p.name for p in plots)}, report.md", file=sys.stderr)
     return 0
 
 
 def run_sweep(args: argparse.Namespace) -> int:
     optimizers = _check_optimizers(args.optimizers)
-    args.out = args.out or Path("aurora-sweep")
-    corpus = _load_corpus(args)
-    if not args.no_progress:
-        require("tqdm")
-    require("matplotlib")
-    stop = _install_stop()
-    runner = Runner(args, corpus, stop)
-    start = time.perf_counter()
-    machine = machine_info(args.device)
-    grid = [(e, name, lr, seed) for e in args.expansions for name in optimizers for lr in args.lrs for seed in args.seeds]
-    results_runs = []
-    for index, (expansion, name, lr, seed) in enumerate(grid):
-        args.mlp_expansion = expansion
-        config = _run_config(args, optimizer=name, lr=lr, seed=seed)
-        result = runner.run(config, f"[{index + 1}/{len(grid)}] e{expansion} {name} lr {lr:g} seed {seed}")
-        if result is None:
-            return _interrupted(stop, args.out)
-        results_runs.append(result)
-    config = _common_config(args, corpus, results_runs[0].num_params)
-    config.pop("mlp_expansion")
-    config.update(optimizers=optimizers, expansions=args.expansions, lrs=args.lrs, seeds=args.seeds)
-    results = {"config": config, "machine": machine, "wall_seconds": time.perf_counter() - start,
-               "runs": [r.results_entry() for r in results_runs]}
+    lrs = _parse_sweep_lrs(args.lrs, optimizers)
+    cells = [(e, name, lr, seed) for e in args.expansions for name in optimizers for lr in lrs[name]
+             for seed in args.seeds]
+    grid = [(_run_config(args, optimizer=name, lr=lr, seed=seed, mlp_expansion=e),
+             f"[{index + 1}/{len(cells)}] e{e} {name} lr {lr:g} seed {seed}")
+            for index, (e, name, lr, seed) in enumerate(cells)]
+    done = _run_all(args, "sweep", "aurora-sweep", grid)
+    if isinstance(done, int):
+        return done
+    out, corpus, runs, wall_seconds = done
+    results = _results(args, corpus, runs, wall_seconds, optimizers=optimizers, expansions=args.expansions,
+                       lrs=lrs, seeds=args.seeds)
     summary = sweep_summary(results["runs"])
-    write_json(args.out / "results.json", results)
-    write_json(args.out / "summary.json", summary)
-    plots = plot_sweep(args.out, summary)
+    write_json(out / "results.json", results)
+    write_json(out / "summary.json", summary)
+    plots = plot_sweep(out, summary)
     report = sweep_report(results, summary)
-    (args.out / "report.md").write_text(report)
+    (out / "report.md").write_text(report)
     print(report)
-    print(f"wrote {args.out / 'results.json'}, summary.json, {', '.join(p.name for p in plots)}, report.md",
+    print(f"wrote {out / 'results.json'}, summary.json, {', '.join(p.name for p in plots)}, report.md",
           file=sys.stderr)
     return 0
 
@@ -302,10 +380,12 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sweep(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--optimizers", type=_csv(str), default=["muon", "aurora"])
+    parser.add_argument("--optimizers", type=_csv(str), default=["muon", "aurora"],
+                        help=f"comma-separated (default muon,aurora); any of {', '.join(optimizer_names())}")
     parser.add_argument("--expansions", type=_csv(int), default=[2, 4, 8], help="MLP expansion factors (default 2,4,8)")
-    parser.add_argument("--lrs", type=_csv(float), default=[0.01, 0.02, 0.05, 0.1],
-                        help="learning rates tried for every optimizer (default 0.01,0.02,0.05,0.1)")
+    parser.add_argument("--lrs", action="append", default=None, metavar="[NAME=]LR,LR,...",
+                        help="learning rates tried: a list for every optimizer, or NAME=list for one; repeatable "
+                        f"(default {','.join(f'{lr:g}' for lr in DEFAULT_SWEEP_LRS)} for each)")
     parser.add_argument("--seeds", type=_csv(int), default=[0, 1])
     add_training_arguments(parser, steps=300)
 
@@ -331,13 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv, argparse.Namespace(command_line=["aurora-opt", *argv]))
     try:
         return args.run(args)
-    except (UsageError, DataError, CheckpointError, MissingExtraError) as err:
-        print(f"aurora-opt: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # settings rejected by the model or an optimizer
+    except (ValueError, CheckpointError, MissingExtraError) as err:
+        # ValueError covers UsageError, DataError and settings that the model or an optimizer rejects
         print(f"aurora-opt: error: {err}", file=sys.stderr)
         return 2
 

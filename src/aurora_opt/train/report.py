@@ -28,22 +28,25 @@ def require(module: str) -> Any:
         raise MissingExtraError(f"{module} is needed for this command: pip install 'aurora-opt[cli]'") from None
 
 
-def machine_info(device: str) -> dict[str, Any]:
-    """What the numbers were measured on. ``load_average`` (1 min) shows how busy the machine was."""
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": device,
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average"] = round(os.getloadavg()[0], 2)
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
+def load_average() -> float | None:
+    """The 1-minute load average now: how busy the machine was (``None`` where unknown)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def machine_sentence(results: dict[str, Any]) -> str:
+    """One sentence on the code, command and machine behind ``results`` (its ``provenance`` record;
+    results written before provenance was recorded carry only ``machine``)."""
+    if "provenance" not in results:
+        m = results["machine"]
+        return (f"Machine: {m['processor']}, {m['cpu_count']} CPU cores, device {m['device']}"
+                f"{', ' + m['gpu'] if 'gpu' in m else ''}, torch {m['torch']}, 1-min load average at start "
+                f"{m.get('load_average', '?')}; commit not recorded.")
+    p = results["provenance"]
+    commit = "not recorded" if p["commit"] is None else p["commit"][:12] + (" (dirty tree)" if p["dirty"] else "")
+    return (f"Machine: {p['machine']['cpu']}, {p['machine']['cpu_count']} CPU cores, {p['threads']} torch "
+            f"thread(s), device {p['device']}, torch {p['torch']}, Python {p['python']}, 1-min load average at "
+            f"start {p.get('load_average', '?')}. Code: aurora-opt {p['version']}, commit {commit}; "
+            f"command `{p['command']}`; run {p['utc']}.")
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -143,16 +146,15 @@ def _save(fig: Any, path: Path) -> Path:
 
 def compare_report(results: dict[str, Any]) -> str:
     """report.md: the table and what it shows, in plain words, whatever it shows."""
-    cfg, machine, runs = results["config"], results["machine"], results["runs"]
+    cfg, runs = results["config"], results["runs"]
     lines = [
         "# aurora-opt compare",
         "",
         f"Model: byte-level GPT, {cfg['n_layer']} layers, d_model {cfg['d_model']}, {cfg['mlp']} MLP with expansion "
         f"{cfg['mlp_expansion']} ({cfg['num_params']:,} parameters); {cfg['steps']} steps of {cfg['batch_size']}×"
         f"{cfg['seq_len']} tokens; seed {cfg['seed']}; data: {cfg['data']['source']}.",
-        f"Learning rates: {cfg['lr_source']}. Machine: {machine['processor']}, {machine['cpu_count']} CPU cores, "
-        f"device {machine['device']}{', ' + machine['gpu'] if 'gpu' in machine else ''}, torch {machine['torch']}, "
-        f"1-min load average at start {machine.get('load_average', '?')}. Wall time {results['wall_seconds']:.0f} s.",
+        f"Learning rates: {cfg['lr_source']}. Wall time {results['wall_seconds']:.0f} s.",
+        machine_sentence(results),
         "",
         "| optimizer | lr | weight decay | final val loss | starved rows | inactive units | s/step |",
         "|---|---|---|---|---|---|---|",
@@ -196,7 +198,8 @@ def compare_findings(runs: list[dict[str, Any]]) -> list[str]:
         if "muon" in losses and "aurora" in losses:
             gap = losses["muon"] - losses["aurora"]
             verdict = "better" if gap > 0 else "worse" if gap < 0 else "equal"
-            findings.append(f"Aurora vs Muon: Aurora's final validation loss is {abs(gap):.4f} nats/byte {verdict}.")
+            findings.append(f"Aurora vs Muon: Aurora's final validation loss is {abs(gap):.4f} nats/byte {verdict} "
+                            "(one seed: whether that exceeds seed noise cannot be judged from this run).")
     return findings
 
 
@@ -213,10 +216,55 @@ def sweep_summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         summary.append({
             "mlp_expansion": expansion, "optimizer": optimizer, "lr": lr, "seeds": len(finals),
             "val_loss_mean": statistics.fmean(losses), "val_loss_std": statistics.pstdev(losses),
+            "val_loss_sem": statistics.stdev(losses) / math.sqrt(len(losses)) if len(losses) > 1 else None,
             "starved_mean": statistics.fmean(starved), "starved_max": max(starved),
             "act_dead_mean": statistics.fmean(f["act_dead_fraction"] for f in finals),
         })
     return summary
+
+
+#: a difference is called significant when it exceeds this many standard errors over seeds
+SIGNIFICANCE_SE = 2.0
+
+
+def difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """a − b of two summary cells' mean final val loss, its standard error over seeds
+    sqrt(sem_a² + sem_b²) (``None`` with a single seed), and whether |a − b| > 2 standard errors."""
+    value = a["val_loss_mean"] - b["val_loss_mean"]
+    if a.get("val_loss_sem") is None or b.get("val_loss_sem") is None:
+        return {"value": value, "se": None, "significant": False}
+    se = math.hypot(a["val_loss_sem"], b["val_loss_sem"])
+    return {"value": value, "se": se, "significant": abs(value) > SIGNIFICANCE_SE * se}
+
+
+def difference_words(d: dict[str, Any]) -> str:
+    if d["se"] is None:
+        return f"{d['value']:+.4f} (one seed: significance cannot be judged)"
+    verdict = "significant" if d["significant"] else "not significant"
+    return f"{d['value']:+.4f} ± {d['se']:.4f} (1 SE over seeds): {verdict} at {SIGNIFICANCE_SE:g} SE"
+
+
+def gain_trend(gains: list[tuple[int, dict[str, Any]]]) -> str:
+    """A sentence on how a gain changes with the expansion factor, from tests of each consecutive
+    change against its standard error sqrt(se₁² + se₂²)."""
+    if len(gains) < 2:
+        return "One expansion factor: no trend to judge."
+    steps = []
+    for (e1, g1), (e2, g2) in zip(gains, gains[1:]):
+        if g1["se"] is None or g2["se"] is None:
+            return "With one seed, no change of the gain with the expansion factor can be judged."
+        change = g2["value"] - g1["value"]
+        steps.append((e1, e2, change, abs(change) > SIGNIFICANCE_SE * math.hypot(g1["se"], g2["se"])))
+    if all(sig and change > 0 for _, _, change, sig in steps):
+        return "The gain grows with the expansion factor: every step up exceeds 2 standard errors over seeds."
+    if all(sig and change < 0 for _, _, change, sig in steps):
+        return "The gain shrinks with the expansion factor: every step down exceeds 2 standard errors over seeds."
+    significant = [f"{e1} → {e2} ({change:+.4f})" for e1, e2, change, sig in steps if sig]
+    if not significant:
+        return ("No change of the gain between expansion factors exceeds 2 standard errors over seeds: "
+                "this grid shows no dependence of the gain on the expansion factor.")
+    return ("The gain does not change monotonically with the expansion factor; changes beyond 2 standard "
+            "errors: " + ", ".join(significant) + ".")
 
 
 def best_lrs(summary: list[dict[str, Any]]) -> dict[tuple[int, str], dict[str, Any]]:
@@ -273,7 +321,7 @@ def plot_sweep(out: Path, summary: list[dict[str, Any]]) -> list[Path]:
 
 
 def sweep_report(results: dict[str, Any], summary: list[dict[str, Any]]) -> str:
-    cfg, machine = results["config"], results["machine"]
+    cfg = results["config"]
     lines = [
         "# aurora-opt sweep",
         "",
@@ -281,9 +329,8 @@ def sweep_report(results: dict[str, Any], summary: list[dict[str, Any]]) -> str:
         f"{cfg['batch_size']}×{cfg['seq_len']} tokens; seeds {cfg['seeds']}; weight decay "
         f"{'each optimizer' + chr(39) + 's default' if cfg['weight_decay'] is None else cfg['weight_decay']}; "
         f"data: {cfg['data']['source']}.",
-        f"Machine: {machine['processor']}, {machine['cpu_count']} CPU cores, device {machine['device']}, torch "
-        f"{machine['torch']}, 1-min load average at start {machine.get('load_average', '?')}. "
         f"Wall time {results['wall_seconds']:.0f} s.",
+        machine_sentence(results),
         "",
         "| expansion | optimizer | lr | seeds | final val loss (mean ± std) | starved (mean / max) | inactive (mean) |",
         "|---|---|---|---|---|---|---|",
@@ -299,13 +346,23 @@ def sweep_report(results: dict[str, Any], summary: list[dict[str, Any]]) -> str:
         lines.append(f"- expansion {expansion}, {name}: lr {c['lr']:g}, val loss {c['val_loss_mean']:.4f} ± "
                      f"{c['val_loss_std']:.4f}, starved {_pct(c['starved_mean'])}")
     expansions = sorted({c["mlp_expansion"] for c in summary})
-    gains = [(e, best[(e, "muon")]["val_loss_mean"] - best[(e, "aurora")]["val_loss_mean"])
-             for e in expansions if (e, "muon") in best and (e, "aurora") in best]
-    if gains:
+    optimizers = list(dict.fromkeys(c["optimizer"] for c in summary))
+    baseline = "muon" if "muon" in optimizers else optimizers[0]
+    others = [name for name in optimizers if name != baseline]
+    if others:
+        lines += ["", f"## Against {baseline}, each at its best lr", "",
+                  f"Difference of mean final val loss (optimizer − {baseline}; negative = lower loss than "
+                  f"{baseline}) ± its standard error over seeds; called significant only beyond "
+                  f"{SIGNIFICANCE_SE:g} standard errors. Picking each best lr from the same seeds favours "
+                  "neither side but makes small differences look larger than they are.", ""]
+        for e in expansions:
+            for name in others:
+                if (e, name) in best and (e, baseline) in best:
+                    d = difference(best[(e, name)], best[(e, baseline)])
+                    lines.append(f"- expansion {e}, {name} − {baseline}: {difference_words(d)}")
+    if len(expansions) > 1 and "muon" in optimizers and "aurora" in optimizers:
+        gains = [(e, difference(best[(e, "muon")], best[(e, "aurora")])) for e in expansions
+                 if (e, "muon") in best and (e, "aurora") in best]
         lines += ["", "Aurora's gain over Muon (Muon − Aurora best-lr mean val loss): "
-                  + ", ".join(f"expansion {e}: {g:+.4f}" for e, g in gains) + "."]
-        if len(gains) > 1:
-            trend = all(b[1] > a[1] for a, b in zip(gains, gains[1:]))
-            lines.append("The gain grows with the expansion factor across this grid." if trend else
-                         "The gain does not grow monotonically with the expansion factor across this grid.")
+                  + ", ".join(f"expansion {e}: {difference_words(g)}" for e, g in gains) + ".", gain_trend(gains)]
     return "\n".join(lines) + "\n"
