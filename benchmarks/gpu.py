@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ from torch import Tensor
 
 import aurora_opt
 from aurora_opt.polar import POLAR_BACKENDS
+from aurora_opt.provenance import COMMIT_ENV, provenance
 from aurora_opt.train.gpt import GPT, GPTConfig
 
 #: (label, shape) in nn.Linear layout (out, in)
@@ -261,29 +260,11 @@ def bench_model(args, device) -> dict[str, Any]:
     return result
 
 
-def provenance(args, device: torch.device) -> dict[str, Any]:
-    commit = args.commit
-    if commit is None:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = None
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {
-        "commit": commit,
-        "command": " ".join(["python", *sys.argv]),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "device": machine,
-        "aurora_opt": aurora_opt.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-
-
 def markdown(report: dict[str, Any]) -> str:
     p = report["provenance"]
     lines = [
-        f"Machine: {p['device']}, torch {p['torch']} (CUDA {p['cuda']}); commit {p['commit']}; `{p['command']}`; "
+        f"Machine: {p['device']}, {p['machine']['cpu']}, torch {p['torch']} (CUDA {p['cuda']}); aurora-opt "
+        f"{p['version']}, commit {p['commit']}{' (dirty tree)' if p['dirty'] else ''}; `{p['command']}`; {p['utc']}; "
         f"polar backend `{report['polar']}` (bf16 on CUDA); {report['warmup']} warm-up rounds, {report['repeats']} timed, "
         "interleaved, a fresh gradient every step. ms = median step (fastest in brackets).",
         "",
@@ -348,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--no-compile-model", dest="compile_model", action="store_false")
-    parser.add_argument("--commit", default=None, help="the commit measured (when the tree has no .git)")
+    parser.add_argument("--commit", default=None,
+                        help=f"the commit measured, where the tree has no .git (or set ${COMMIT_ENV})")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and model: a smoke test")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -359,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup, args.repeats = 1, 2
     shapes = QUICK_SHAPES if args.quick else MATRIX_SHAPES
     by_label = dict(shapes)
-    report: dict[str, Any] = {"provenance": provenance(args, device), "polar": args.polar, "warmup": args.warmup, "repeats": args.repeats}
+    command = ["python", "benchmarks/gpu.py", *(sys.argv[1:] if argv is None else argv)]
+    report: dict[str, Any] = {"provenance": provenance(device, command, commit=args.commit), "polar": args.polar,
+                              "warmup": args.warmup, "repeats": args.repeats}
     args.out.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every section, so a run stopped early keeps what it measured

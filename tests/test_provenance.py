@@ -52,10 +52,16 @@ def test_commit_from_the_environment_wins(tmp_path, monkeypatch):
     assert prov.git_state() == {"commit": "0123abc", "dirty": None, "commit_source": prov.COMMIT_ENV}
 
 
+def test_commit_given_explicitly_wins_over_the_environment(monkeypatch):
+    monkeypatch.setenv(prov.COMMIT_ENV, "0123abc")
+    assert prov.provenance("cpu", ["x"], commit="4567def")["commit"] == "4567def"
+    assert prov.provenance("cpu", ["x"], commit="4567def")["commit_source"] == "given"
+
+
 def test_record_has_every_field_and_no_local_path(monkeypatch):
     monkeypatch.setenv(prov.COMMIT_ENV, "feedbeef")
     data_path = prov.REPO_ROOT / "docs" / "some data.txt"
-    argv = [str(prov.REPO_ROOT / "bin" / "aurora-opt"), "compare", "--data", str(data_path), "--steps", "3"]
+    argv = ["/usr/local/bin/aurora-opt", "compare", "--data", str(data_path), "--steps", "3"]
     record = prov.provenance("cpu", argv)
     assert record["commit"] == "feedbeef"
     assert record["version"] == aurora_opt.__version__

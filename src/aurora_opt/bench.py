@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from torch.utils._pytree import tree_flatten
 from .optim import Aurora, Muon, RiemannianAurora, SpectralOptimizer, lookahead_momentum
 from .optim.aurora import gram_balanced_polar, row_uniformity_error
 from .polar import DEFAULT_POLAR, get_polar
+from .provenance import provenance
 
 #: the matrix shapes of the issue (124M–8B-class MLP projections), timed when CUDA is present
 GPU_SHAPES = [(768, 3072), (3072, 768), (2048, 5632), (5632, 2048), (4096, 14336), (14336, 4096)]
@@ -277,6 +279,11 @@ def markdown(report: dict[str, Any]) -> str:
     for key, value in report["warm_start"]["table"].items():
         steps, warm = (part.split("=")[1] for part in key.split(","))
         lines.append(f"| {steps} | {warm} | {value['first']:.1e} | {value['max_after_5']:.1e} |")
+    if "provenance" in report:
+        p = report["provenance"]
+        commit = "not recorded" if p["commit"] is None else p["commit"][:12] + (" (dirty tree)" if p["dirty"] else "")
+        lines += ["", f"Code: aurora-opt {p['version']}, commit {commit}; `{p['command']}`; CPU {p['machine']['cpu']}; "
+                  f"{p['utc']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -327,6 +334,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{label}: " + ", ".join(f"{k} {v['ratio_to_muon']:.2f}×" for k, v in model.items()), flush=True)
     warm_shape = (4 * args.d_model, args.d_model)
     report = {
+        "provenance": provenance(device, getattr(args, "command_line", None)),
         "machine": machine_description(device),
         "device": device.type,
         "polar": args.polar,
@@ -347,7 +355,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aurora-opt bench", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    argv = sys.argv[1:] if argv is None else argv
+    return run(parser.parse_args(argv, argparse.Namespace(command_line=["python", "-m", "aurora_opt.bench", *argv])))
 
 
 if __name__ == "__main__":

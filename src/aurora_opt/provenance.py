@@ -35,9 +35,12 @@ def _git(*args: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def git_state() -> dict[str, Any]:
+def git_state(commit: str | None = None) -> dict[str, Any]:
     """``commit`` (40 hex digits or ``None``), ``dirty`` (tracked files changed; ``None`` if unknown)
-    and ``commit_source`` ("git", the environment variable, or "unknown")."""
+    and ``commit_source``: the ``commit`` given ("given"), else ``$AURORA_OPT_COMMIT``, else ``git``
+    in the repository, else "unknown"."""
+    if commit:
+        return {"commit": commit.strip(), "dirty": None, "commit_source": "given"}
     given = os.environ.get(COMMIT_ENV)
     if given:
         return {"commit": given.strip(), "dirty": None, "commit_source": COMMIT_ENV}
@@ -78,22 +81,22 @@ def device_name(device: str | torch.device) -> str:
     return device.type
 
 
-def provenance(device: str | torch.device, argv: list[str] | None = None) -> dict[str, Any]:
+def provenance(device: str | torch.device, argv: list[str] | None = None, *, commit: str | None = None) -> dict[str, Any]:
     """What produced a result: git commit and dirty flag, package version, command line, Python and
     torch versions, device, intra-op threads, machine (OS and CPU model) and the UTC time.
 
-    ``argv`` is the command as run (default ``sys.argv``); its first element is reduced to the
-    program's name.
+    ``argv`` is the command as run (default ``sys.argv``); a program given by an absolute path
+    outside the checkout and home is reduced to its name. ``commit`` names the commit measured where the code has no ``.git``.
     """
     from . import __version__
 
-    argv = list(sys.argv if argv is None else argv)
-    if argv:
+    argv = portable_argv(list(sys.argv if argv is None else argv))
+    if argv and Path(argv[0]).is_absolute():  # an installed entry point: its name is the command
         argv[0] = Path(argv[0]).name
     return {
-        **git_state(),
+        **git_state(commit),
         "version": __version__,
-        "command": shlex.join(portable_argv(argv)),
+        "command": shlex.join(argv),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
