@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aurora_opt
 from aurora_opt import bench
 
 #: rows within 1 % (the issue's target); the tiny matrices here converge more slowly than large ones
@@ -20,13 +21,23 @@ def test_quick_bench_writes_json_and_markdown(tmp_path: Path, capsys):
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["device"] == "cpu" and report["polar"] == "polar_express"
     assert [tuple(s) for s in report["shapes"]] == bench.QUICK_SHAPES
+    assert report["provenance"]["command"].startswith("python -m aurora_opt.bench --quick")
+    assert report["provenance"]["device"] == "cpu" and report["provenance"]["version"] == aurora_opt.__version__
     runs = [*report["per_shape"], report["model"]["results"]]
+    shape_lists = [[tuple(s)] for s in report["shapes"]] + [[tuple(s) for s in report["model"]["shapes"]]]
     assert len(report["model"]["shapes"]) == 7
-    for results in runs:
+    for results, shapes in zip(runs, shape_lists):
         assert set(results) == set(bench.OPTIMIZERS)
-        assert results["muon"]["ratio_to_muon"] == 1.0
+        largest_bytes = 4 * max(m * n for m, n in shapes)  # fp32
         for name, entry in results.items():
-            assert entry["seconds"] > 0 and entry["peak_step_bytes"] > 0
+            # --quick times exactly one step per optimizer: the fastest is the median is the only one
+            assert entry["timed_steps"] == report["repeats"] == 1
+            assert entry["seconds"] == entry["median_seconds"]
+            assert entry["ratio_to_muon"] == entry["seconds"] / results["muon"]["seconds"]
+            # every step materializes at least the update direction of the largest matrix
+            assert entry["peak_step_bytes"] >= largest_bytes
+            extra = (entry["peak_step_bytes"] - results["muon"]["peak_step_bytes"]) / largest_bytes
+            assert abs(entry["extra_peak_over_muon_in_largest_matrices"] - extra) < 1e-12
             assert 0 < entry["alignment_min"] <= 1 + 1e-4  # ⟨M, U⟩ ≤ ‖M‖_* for any ‖U‖₂ ≤ 1
             assert entry["state_floats_per_param"] >= 1  # the momentum buffer
         # Muon leaves the rows of these row-scaled matrices far from uniform; Aurora does not
