@@ -4,12 +4,16 @@ The slow test (``pytest -m slow tests/test_soak.py``) runs ``AURORA_SOAK_STEPS``
 2000) per optimizer; the default suite runs a short version of the same harness. Run this file as a
 script to print the measurements as a table::
 
-    PYTHONPATH=src python tests/test_soak.py --steps 2000
+    PYTHONPATH=src python tests/test_soak.py --steps 2000 [--out soak.json]
+
+(``--out`` writes the measurements with their provenance as JSON.)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import os
 import resource
@@ -22,7 +26,8 @@ import pytest
 import torch
 
 import aurora_opt
-from aurora_opt.train.data import stdlib_prefix
+from aurora_opt.provenance import provenance
+from aurora_opt.train.data import stdlib_name, stdlib_prefix
 from aurora_opt.train.gpt import GPT, GPTConfig
 
 SOAK_STEPS = int(os.environ.get("AURORA_SOAK_STEPS", "2000"))
@@ -31,10 +36,18 @@ SMOKE_STEPS = 10
 #: blocks and glibc arenas settle over the first steps (a few MiB); a leak of even one 256×64 fp32
 #: matrix (64 KiB, a gate/up weight of the soak model) per step would add 125 MiB over 2000 steps.
 RSS_GROWTH_TOLERANCE_BYTES = 32 * 2**20
-#: steps before the RSS baseline is taken (allocator and autograd buffers reach their steady size)
+#: steps before the RSS baseline is taken (allocator and autograd buffers reach their steady size);
+#: short runs take it halfway, so that growth over the second half is still measured
 WARMUP_STEPS = 20
 #: optimizer state is allocated once per parameter on the first step: its bytes must not change at all
 STATE_GROWTH_TOLERANCE_BYTES = 0
+
+
+def baseline_step(steps: int) -> int:
+    """The (0-based) step after which the RSS baseline is read: early, at most halfway."""
+    if steps < 2:
+        raise ValueError(f"a soak run needs at least 2 steps to measure memory growth, got {steps}")
+    return min(WARMUP_STEPS, steps // 2 - 1)
 
 
 def rss_bytes() -> int:
@@ -56,6 +69,7 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 class SoakResult:
     optimizer: str
     steps: int
+    baseline_step: int
     first_loss: float
     final_loss: float
     all_finite: bool
@@ -81,6 +95,7 @@ def soak(name: str, steps: int, *, batch: int = 16, seed: int = 0) -> SoakResult
 
     losses: list[float] = []
     all_finite = True
+    rss_step = baseline_step(steps)
     rss_after_warmup = state_bytes_first = 0
     start = time.perf_counter()
     for step in range(steps):
@@ -94,7 +109,7 @@ def soak(name: str, steps: int, *, batch: int = 16, seed: int = 0) -> SoakResult
         all_finite &= math.isfinite(losses[-1])
         if step == 0:
             state_bytes_first = state_bytes(optimizer)
-        if step == min(WARMUP_STEPS, steps - 1):
+        if step == rss_step:
             rss_after_warmup = rss_bytes()
     seconds = time.perf_counter() - start
     all_finite &= all(bool(torch.isfinite(p).all()) for p in model.parameters())
@@ -103,6 +118,7 @@ def soak(name: str, steps: int, *, batch: int = 16, seed: int = 0) -> SoakResult
     return SoakResult(
         optimizer=name,
         steps=steps,
+        baseline_step=rss_step,
         first_loss=sum(losses[:window_size]) / window_size,
         final_loss=sum(losses[-window_size:]) / window_size,
         all_finite=all_finite,
@@ -116,6 +132,7 @@ def soak(name: str, steps: int, *, batch: int = 16, seed: int = 0) -> SoakResult
 
 def check(result: SoakResult) -> None:
     assert result.all_finite, "a loss, parameter or state tensor became non-finite"
+    assert result.baseline_step <= result.steps // 2, "the RSS baseline must leave steps after it to measure growth"
     assert result.state_bytes_end - result.state_bytes_first <= STATE_GROWTH_TOLERANCE_BYTES
     assert result.rss_end - result.rss_after_warmup <= RSS_GROWTH_TOLERANCE_BYTES, result
 
@@ -137,12 +154,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=SOAK_STEPS)
     parser.add_argument("--optimizers", nargs="*", default=sorted(aurora_opt.OPTIMIZERS))
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the measurements and their provenance")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps")
+    if args.out is not None and args.out.is_dir():
+        parser.error(f"--out {args.out}: is a directory (expected a file name)")
+    record = {"provenance": provenance("cpu", ["python", "tests/test_soak.py", *argv]),
+              "data": f"{stdlib_name()}, first 2 MiB of the top-level modules", "model": dataclasses.asdict(SOAK_MODEL),
+              "results": []}
+    p = record["provenance"]
+    print(f"aurora-opt {p['version']}, commit {p['commit']}{' (dirty tree)' if p['dirty'] else ''}, torch {p['torch']}, "
+          f"{p['threads']} threads, {p['machine']['cpu']}, {args.steps} steps")
     print("| optimizer | steps | mean loss, first → last 50 steps | finite | RSS after warm-up → end (MiB) | state bytes first → end | s/step |")
     print("|---|---|---|---|---|---|---|")
     for name in args.optimizers:
         r = soak(name, args.steps)
+        record["results"].append(dataclasses.asdict(r))
+        if args.out is not None:  # after every optimizer, so a stopped run keeps what it measured
+            args.out.write_text(json.dumps(record, indent=1) + "\n")
         print(
             f"| {r.optimizer} | {r.steps} | {r.first_loss:.3f} → {r.final_loss:.3f} | {r.all_finite} | "
             f"{r.rss_after_warmup / 2**20:.1f} → {r.rss_end / 2**20:.1f} | {r.state_bytes_first} → {r.state_bytes_end} | "
