@@ -115,26 +115,33 @@ def text_corpus(path: Path, min_tokens: int = 2) -> Corpus:
     return _bytes_corpus(files, path.name, min_tokens)
 
 
-def read_shard(path: Path) -> Tensor:
-    """Tokens of one modded-nanoGPT ``.bin`` shard (int64), after checking its header and size."""
+def open_shard(path: Path) -> np.ndarray:
+    """The uint16 tokens of one modded-nanoGPT ``.bin`` shard, memory-mapped (nothing is read into
+    memory until used), after checking its header and size."""
     try:
         with path.open("rb") as f:
             header = np.frombuffer(f.read(SHARD_HEADER_INTS * 4), dtype=np.int32)
-            if header.size != SHARD_HEADER_INTS:
-                raise DataError(f"{path}: truncated shard header ({header.size * 4} of {SHARD_HEADER_INTS * 4} bytes)")
-            if header[0] != SHARD_MAGIC:
-                raise DataError(f"{path}: bad shard magic {int(header[0])} (expected {SHARD_MAGIC})")
-            if header[1] != SHARD_VERSION:
-                raise DataError(f"{path}: unsupported shard version {int(header[1])} (expected {SHARD_VERSION})")
-            count = int(header[2])
-            tokens = np.frombuffer(f.read(), dtype=np.uint16) if count > 0 else np.zeros(0, np.uint16)
+        size = path.stat().st_size
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror}") from None
+    if header.size != SHARD_HEADER_INTS:
+        raise DataError(f"{path}: truncated shard header ({header.size * 4} of {SHARD_HEADER_INTS * 4} bytes)")
+    if header[0] != SHARD_MAGIC:
+        raise DataError(f"{path}: bad shard magic {int(header[0])} (expected {SHARD_MAGIC})")
+    if header[1] != SHARD_VERSION:
+        raise DataError(f"{path}: unsupported shard version {int(header[1])} (expected {SHARD_VERSION})")
+    count = int(header[2])
     if count <= 0:
         raise DataError(f"{path}: shard declares {count} tokens")
-    if tokens.size != count:
-        raise DataError(f"{path}: shard declares {count} tokens but holds {tokens.size}")
-    return torch.from_numpy(tokens.astype(np.int64))
+    held = (size - SHARD_HEADER_INTS * 4) // 2
+    if held != count:
+        raise DataError(f"{path}: shard declares {count} tokens but holds {held}")
+    return np.memmap(path, dtype=np.uint16, mode="r", offset=SHARD_HEADER_INTS * 4, shape=(count,))
+
+
+def read_shard(path: Path) -> Tensor:
+    """Tokens of one modded-nanoGPT ``.bin`` shard (int64), after checking its header and size."""
+    return torch.from_numpy(open_shard(path).astype(np.int64))
 
 
 def shard_corpus(paths: list[Path], min_tokens: int = 2) -> Corpus:
