@@ -382,7 +382,7 @@ class NeuronHealth:
 
 def leverage_histogram(values: Tensor, bins: int = 40, upper: float = 4.0) -> dict[str, list[float]]:
     """Histogram of relative leverage on [0, upper] (values above land in the last bin)."""
-    clipped = values.double().clamp(0.0, upper).numpy()
+    clipped = values.detach().double().clamp(0.0, upper).cpu().numpy()
     counts, edges = np.histogram(clipped, bins=bins, range=(0.0, upper))
     return {"counts": counts.tolist(), "edges": [round(float(e), 6) for e in edges]}
 
