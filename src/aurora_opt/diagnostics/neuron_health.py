@@ -375,8 +375,10 @@ class NeuronHealth:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.measured_steps = int(state["measured_steps"])
-        self.smoothed_shares = {k: v.clone() for k, v in state["smoothed_shares"].items()}
-        self._activation_sum = {k: v.clone() for k, v in state["activation_sum"].items()}
+        # onto the model's device: checkpoints are read onto the CPU
+        device = next(iter(self.projections.values())).weight.device
+        self.smoothed_shares = {k: v.to(device, copy=True) for k, v in state["smoothed_shares"].items()}
+        self._activation_sum = {k: v.to(device, copy=True) for k, v in state["activation_sum"].items()}
         self._activation_count = dict(state["activation_count"])
 
 
