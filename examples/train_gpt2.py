@@ -19,9 +19,10 @@ then falls linearly to 0 over the last ``--cooldown`` fraction of ``--steps``; `
 stops early (after a last evaluation) when the wall-clock budget is spent. ``--out DIR`` receives
 ``log.jsonl`` (one line per log point: step, train and validation loss, starved fraction of the MLP
 input rows from :class:`aurora_opt.diagnostics.NeuronHealth`, tokens/s) and ``result.json``
-(configuration, final numbers and provenance). Each rank runs the whole optimizer step on the
-all-reduced gradients; ``aurora_opt.distributed`` shares that work across ranks instead
-(examples/train_distributed.py).
+(configuration, final numbers and provenance). A run whose loss or gradients become non-finite
+stops, records where in result.json (``final.diverged``) and exits with status 1. Each rank runs
+the whole optimizer step on the all-reduced gradients; ``aurora_opt.distributed`` shares that work
+across ranks instead (examples/train_distributed.py).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from aurora_opt import OPTIMIZERS, param_groups
+from aurora_opt import OPTIMIZERS, NonFiniteGradError, param_groups
 from aurora_opt.diagnostics import NeuronHealth
 from aurora_opt.provenance import provenance
 from aurora_opt.train.data import DataError, load_corpus, open_shard
@@ -76,7 +77,8 @@ class TokenStream:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         while self.position + self.span + 1 > self.arrays[self.array].size:  # next array, wrapping around
             self.array, self.position = (self.array + 1) % len(self.arrays), self.rank * self.span
-        window = torch.from_numpy(self.arrays[self.array][self.position : self.position + self.span + 1].astype(np.int64))
+        tokens = self.arrays[self.array][self.position : self.position + self.span + 1]
+        window = torch.from_numpy(tokens.astype(np.int64))
         self.position += self.world * self.span
         return window[:-1].view(self.batch, self.seq_len), window[1:].view(self.batch, self.seq_len)
 
@@ -211,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     def write(entry: dict[str, Any]) -> None:
         history.append(entry)
         if main_rank:
-            print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()), flush=True)
+            shown = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items())
+            print(" ".join(shown), flush=True)
             if log is not None:
                 log.write(json.dumps(entry) + "\n")
                 log.flush()
@@ -220,52 +223,57 @@ def main(argv: list[str] | None = None) -> int:
     interval_start, interval_loss, interval_steps = start, torch.zeros((), device=device), 0
     step, stopped_early = 0, False
     forward.train()
-    while step < args.steps:
-        out_of_time = args.max_minutes is not None and time.perf_counter() - start > 60 * args.max_minutes
-        if world > 1 and args.max_minutes is not None:  # every rank stops at the same step
-            flag = torch.tensor(float(out_of_time), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag)
-        if out_of_time:
-            stopped_early = True
-            break
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * lr_factor(step, args.steps, args.cooldown)
-        x, y = stream.next()
-        with autocast():
-            loss = forward(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        interval_loss += loss.detach().float()
-        interval_steps += 1
-        last = step == args.steps
-        if step % args.log_every == 0 or step % args.val_every == 0 or last:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            now = time.perf_counter()
-            train_loss = float(interval_loss) / interval_steps
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"{args.optimizer}: training loss became {train_loss} by step {step}")
-            health_now = health.measure()
-            entry = {"step": step, "train_loss": train_loss,
-                      "val_loss": (evaluate(forward, val_arrays, args, args.batch_size, seq_len, device, rank, world)
-                                   if step % args.val_every == 0 or last else None),
-                      "starved_fraction": health_now.starved_fraction,
-                      "inactive_fraction": health_now.act_dead_fraction,
-                      "tokens_per_s": interval_steps * tokens_per_step / (now - interval_start),
-                      "lr": optimizer.param_groups[0]["lr"], "elapsed_s": now - start}
-            write(entry)
-            interval_start, interval_loss, interval_steps = time.perf_counter(), torch.zeros((), device=device), 0
-    if stopped_early or not history or history[-1]["val_loss"] is None:
+    diverged = None
+    try:
+        while step < args.steps:
+            out_of_time = args.max_minutes is not None and time.perf_counter() - start > 60 * args.max_minutes
+            if world > 1 and args.max_minutes is not None:  # every rank stops at the same step
+                flag = torch.tensor(float(out_of_time), device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                out_of_time = bool(flag)
+            if out_of_time:
+                stopped_early = True
+                break
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * lr_factor(step, args.steps, args.cooldown)
+            x, y = stream.next()
+            with autocast():
+                loss = forward(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            interval_loss += loss.detach().float()
+            interval_steps += 1
+            last = step == args.steps
+            if step % args.log_every == 0 or step % args.val_every == 0 or last:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                now = time.perf_counter()
+                train_loss = float(interval_loss) / interval_steps
+                if not math.isfinite(train_loss):
+                    raise FloatingPointError(f"{args.optimizer}: training loss became {train_loss} by step {step}")
+                health_now = health.measure()
+                entry = {"step": step, "train_loss": train_loss,
+                         "val_loss": (evaluate(forward, val_arrays, args, args.batch_size, seq_len, device, rank, world)
+                                      if step % args.val_every == 0 or last else None),
+                         "starved_fraction": health_now.starved_fraction,
+                         "inactive_fraction": health_now.act_dead_fraction,
+                         "tokens_per_s": interval_steps * tokens_per_step / (now - interval_start),
+                         "lr": optimizer.param_groups[0]["lr"], "elapsed_s": now - start}
+                write(entry)
+                interval_start, interval_loss, interval_steps = time.perf_counter(), torch.zeros((), device=device), 0
+    except (NonFiniteGradError, FloatingPointError) as err:  # report the divergence, keep the log
+        diverged = f"step {step + 1}: {err}"
+        print(f"train_gpt2: diverged at {diverged}", file=sys.stderr)
+    if diverged is None and (stopped_early or not history or history[-1]["val_loss"] is None):
         write({"step": step, "train_loss": None,
                "val_loss": evaluate(forward, val_arrays, args, args.batch_size, seq_len, device, rank, world),
                "starved_fraction": health.starved_fraction(), "inactive_fraction": None, "tokens_per_s": None,
                "lr": optimizer.param_groups[0]["lr"], "elapsed_s": time.perf_counter() - start})
     wall = time.perf_counter() - start
     if main_rank and args.out is not None:
-        final = history[-1]
+        final = history[-1] if history else {"val_loss": None, "starved_fraction": None}
         measured = [h["tokens_per_s"] for h in history[1:] if h["tokens_per_s"] is not None]  # first: compile
         result = {
             "provenance": provenance(device, ["python", "examples/train_gpt2.py", *argv]),
@@ -277,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                        "data": data_name, "seed": args.seed, "max_minutes": args.max_minutes},
             "final": {"step": step, "val_loss": final["val_loss"], "starved_fraction": final["starved_fraction"],
                       "tokens_per_s": sum(measured) / len(measured) if measured else None,
-                      "wall_seconds": wall, "stopped_by_time_budget": stopped_early,
+                      "wall_seconds": wall, "stopped_by_time_budget": stopped_early, "diverged": diverged,
                       "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None},
         }
         (args.out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -286,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     health.detach()
     if world > 1:
         dist.destroy_process_group()
-    return 0
+    return 0 if diverged is None else 1
 
 
 if __name__ == "__main__":

@@ -141,7 +141,8 @@ def test_sweep_resume_skips_finished_runs_and_refuses_changed_settings(tmp_path,
     # a third seed: the finished runs are read back, only the new ones train
     assert main([*argv, "--seeds", "0,2", "--resume"]) == 0
     again = json.loads((out / "results.json").read_text())
-    assert [(r["optimizer"], r["seed"]) for r in again["runs"]] == [("muon", 0), ("muon", 2), ("aurora", 0), ("aurora", 2)]
+    assert [(r["optimizer"], r["seed"]) for r in again["runs"]] == [
+        ("muon", 0), ("muon", 2), ("aurora", 0), ("aurora", 2)]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir() if p.name in finished} == finished
     assert again["runs"][0]["history"] == first["runs"][0]["history"]
 

@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
               "data": f"{stdlib_name()}, first 2 MiB of the top-level modules", "model": dataclasses.asdict(SOAK_MODEL),
               "results": []}
     p = record["provenance"]
-    print(f"aurora-opt {p['version']}, commit {p['commit']}{' (dirty tree)' if p['dirty'] else ''}, torch {p['torch']}, "
+    dirty = " (dirty tree)" if p["dirty"] else ""
+    print(f"aurora-opt {p['version']}, commit {p['commit']}{dirty}, torch {p['torch']}, "
           f"{p['threads']} threads, {p['machine']['cpu']}, {args.steps} steps")
     print("| optimizer | steps | mean loss, first → last 50 steps | finite | RSS after warm-up → end (MiB) | state bytes first → end | s/step |")
     print("|---|---|---|---|---|---|---|")

@@ -23,7 +23,7 @@ import torch
 from . import bench
 from .provenance import provenance
 from .train.checkpoint import CheckpointError
-from .train.data import Corpus, DataError, load_corpus
+from .train.data import Corpus, load_corpus
 from .train.report import (
     MissingExtraError,
     compare_report,

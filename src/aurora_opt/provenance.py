@@ -81,12 +81,15 @@ def device_name(device: str | torch.device) -> str:
     return device.type
 
 
-def provenance(device: str | torch.device, argv: list[str] | None = None, *, commit: str | None = None) -> dict[str, Any]:
+def provenance(
+    device: str | torch.device, argv: list[str] | None = None, *, commit: str | None = None
+) -> dict[str, Any]:
     """What produced a result: git commit and dirty flag, package version, command line, Python and
     torch versions, device, intra-op threads, machine (OS and CPU model) and the UTC time.
 
     ``argv`` is the command as run (default ``sys.argv``); a program given by an absolute path
-    outside the checkout and home is reduced to its name. ``commit`` names the commit measured where the code has no ``.git``.
+    outside the checkout and home is reduced to its name. ``commit`` names the commit measured where
+    the code has no ``.git``.
     """
     from . import __version__
 

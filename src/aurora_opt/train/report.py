@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ..diagnostics import STARVED_SHARE
 
