@@ -85,7 +85,23 @@ def test_sweep_writes_summary_and_gain_plot(tmp_path, text_file):
         (2, "muon"), (2, "aurora"), (4, "muon"), (4, "aurora")}
     for plot in ("sweep_lr.png", "sweep_gain.png"):
         assert (out / plot).exists()
-    assert "best" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "best" in report
+
+    # report regenerates report.md from results.json alone, and fills README tables from it
+    (out / "report.md").unlink()
+    assert main(["report", str(out), "--no-plots"]) == 0
+    assert (out / "report.md").read_text() == report
+    readme = tmp_path / "README.md"
+    stale = "intro\n<!-- results-table: sweep -->\n| stale |\n<!-- /results-table -->\nend\n"
+    readme.write_text(stale)
+    assert main(["report", "--readme", str(readme), "--check"]) == 1
+    assert readme.read_text() == stale
+    assert main(["report", "--readme", str(readme)]) == 0
+    filled = readme.read_text()
+    assert filled.startswith("intro\n<!-- results-table: sweep -->\n| expansion | optimizer | best lr |")
+    assert filled.endswith("<!-- /results-table -->\nend\n") and filled.count("| 2 | Aurora | 0.02 | 1 |") == 1
+    assert main(["report", "--readme", str(readme), "--check"]) == 0
 
 
 def _bad_shard(directory: Path) -> Path:
@@ -178,3 +194,9 @@ def test_differences_are_called_significant_only_beyond_two_standard_errors():
     assert gain_trend(clear).startswith("The gain grows")
     mixed = [(2, {"value": 0.01, "se": 0.002}), (4, {"value": 0.03, "se": 0.002}), (8, {"value": 0.031, "se": 0.002})]
     assert "2 → 4" in gain_trend(mixed) and "4 → 8" not in gain_trend(mixed)
+
+
+def test_readme_tables_match_the_committed_results():
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    assert "<!-- results-table: " in readme.read_text()
+    assert main(["report", "--readme", str(readme), "--check"]) == 0, "run: aurora-opt report --readme README.md"

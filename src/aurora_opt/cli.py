@@ -27,9 +27,11 @@ from .train.data import Corpus, load_corpus
 from .train.report import (
     MissingExtraError,
     compare_report,
+    fill_tables,
     load_average,
     plot_compare,
     plot_sweep,
+    regenerate,
     require,
     sweep_report,
     sweep_summary,
@@ -360,6 +362,39 @@ def run_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    for directory in args.dirs:
+        if not (directory / "results.json").is_file():
+            raise UsageError(f"{directory}: no results.json")
+    if not args.check:
+        if args.dirs and not args.no_plots:
+            require("matplotlib")
+        for directory in args.dirs:
+            written = regenerate(directory, plots=not args.no_plots)
+            print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    if args.readme is None:
+        return 0
+    try:
+        text = args.readme.read_text()
+    except OSError as err:
+        raise UsageError(f"--readme {args.readme}: {err.strerror}") from None
+    try:
+        filled = fill_tables(text, args.readme.parent)
+    except OSError as err:
+        raise UsageError(f"--readme {args.readme}: a results-table names a directory without results.json "
+                         f"({err.filename})") from None
+    if filled == text:
+        print(f"{args.readme}: tables up to date", file=sys.stderr)
+        return 0
+    if args.check:
+        print(f"aurora-opt: {args.readme}: tables differ from the results they name; "
+              f"run aurora-opt report --readme {args.readme}", file=sys.stderr)
+        return 1
+    args.readme.write_text(filled)
+    print(f"wrote the tables of {args.readme}", file=sys.stderr)
+    return 0
+
+
 def _install_stop() -> StopRequest:
     stop = StopRequest()
     signal.signal(signal.SIGINT, stop)
@@ -390,11 +425,23 @@ def _add_sweep(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(parser, steps=300)
 
 
+def _add_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dirs", type=Path, nargs="*", help="compare or sweep output directories (with results.json)")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="fill the tables between <!-- results-table: DIR --> and <!-- /results-table --> "
+                        "(DIR relative to the file) from DIR/results.json")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if a --readme table differs from its results")
+    parser.add_argument("--no-plots", action="store_true", help="report.md and summary.json only")
+
+
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "compare": ("train the same model with each optimizer; write results.json, plots, report.md",
                 _add_compare, run_compare),
     "sweep": ("MLP expansion × lr × seed grid: each optimizer at its best lr, and Aurora's gain vs expansion",
               _add_sweep, run_sweep),
+    "report": ("regenerate report.md, summary.json and plots from results.json, and README tables from them",
+               _add_report, run_report),
     "bench": ("time the optimizer step of Muon and the Auroras per matrix shape and for a small GPT, with accuracy",
               bench.add_arguments, bench.run),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -238,7 +239,7 @@ def difference_words(d: dict[str, Any]) -> str:
     if d["se"] is None:
         return f"{d['value']:+.4f} (one seed: significance cannot be judged)"
     verdict = "significant" if d["significant"] else "not significant"
-    return f"{d['value']:+.4f} ± {d['se']:.4f} (1 SE over seeds): {verdict} at {SIGNIFICANCE_SE:g} SE"
+    return f"{d['value']:+.4f} ± {d['se']:.4f} (standard error over seeds): {verdict} at {SIGNIFICANCE_SE:g} SE"
 
 
 def gain_trend(gains: list[tuple[int, dict[str, Any]]]) -> str:
@@ -361,5 +362,69 @@ def sweep_report(results: dict[str, Any], summary: list[dict[str, Any]]) -> str:
         gains = [(e, difference(best[(e, "muon")], best[(e, "aurora")])) for e in expansions
                  if (e, "muon") in best and (e, "aurora") in best]
         lines += ["", "Aurora's gain over Muon (Muon − Aurora best-lr mean val loss): "
-                  + ", ".join(f"expansion {e}: {difference_words(g)}" for e, g in gains) + ".", gain_trend(gains)]
+                  + ", ".join(f"expansion {e}: {g['value']:+.4f}" for e, g in gains) + ". " + gain_trend(gains)]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- regenerate
+#: how README tables name the optimizers
+DISPLAY_NAMES = {"muon": "Muon", "normuon": "NorMuon", "unormuon": "U-NorMuon", "aurora": "Aurora",
+                 "riemannian_aurora": "Riemannian Aurora", "adamw": "AdamW", "torch_muon": "torch.optim.Muon"}
+#: a README block generated from a results directory: <!-- results-table: DIR --> ... <!-- /results-table -->
+TABLE_BLOCK = re.compile(r"(<!-- results-table: (?P<dir>[^ ]+) -->\n)(?P<body>.*?)(<!-- /results-table -->)", re.S)
+
+
+def compare_table(results: dict[str, Any]) -> str:
+    """The README table of a compare run: one row per optimizer."""
+    lines = ["| optimizer | lr | weight decay | final val loss (nats/byte) | starved gate/up rows | inactive units |",
+             "|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        f = run["final"]
+        lines.append(f"| {DISPLAY_NAMES.get(run['optimizer'], run['optimizer'])} | {run['lr']:g} | "
+                     f"{run['weight_decay']:g} | {_fmt(f['val_loss'])} | {_pct(f['starved_fraction'])} | "
+                     f"{_pct(f['act_dead_fraction'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_table(summary: list[dict[str, Any]]) -> str:
+    """The README table of a sweep: each optimizer at its best lr per expansion, mean ± std over seeds."""
+    lines = ["| expansion | optimizer | best lr | seeds | final val loss (mean ± std) | starved rows (mean) |",
+             "|---|---|---|---|---|---|"]
+    for (expansion, name), c in sorted(best_lrs(summary).items()):
+        lines.append(f"| {expansion} | {DISPLAY_NAMES.get(name, name)} | {c['lr']:g} | {c['seeds']} | "
+                     f"{c['val_loss_mean']:.4f} ± {c['val_loss_std']:.4f} | {_pct(c['starved_mean'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_table(directory: Path) -> str:
+    """The README table of a compare or sweep directory, from its results.json alone."""
+    results = json.loads((directory / "results.json").read_text())
+    if "expansions" in results["config"]:
+        return sweep_table(sweep_summary(results["runs"]))
+    return compare_table(results)
+
+
+def regenerate(directory: Path, *, plots: bool = True) -> list[Path]:
+    """Rewrite report.md, and summary.json and the plots, of a compare or sweep directory from its
+    results.json (and diagnostics.json for a compare's plots); returns the files written."""
+    results = json.loads((directory / "results.json").read_text())
+    written = []
+    if "expansions" in results["config"]:
+        summary = sweep_summary(results["runs"])
+        write_json(directory / "summary.json", summary)
+        written.append(directory / "summary.json")
+        if plots:
+            written += plot_sweep(directory, summary)
+        report = sweep_report(results, summary)
+    else:
+        if plots and (directory / "diagnostics.json").exists():
+            written += plot_compare(directory, results["runs"], json.loads((directory / "diagnostics.json").read_text()))
+        report = compare_report(results)
+    (directory / "report.md").write_text(report)
+    return [*written, directory / "report.md"]
+
+
+def fill_tables(text: str, root: Path) -> str:
+    """``text`` with every results-table block replaced by the table generated from its directory
+    (relative to ``root``)."""
+    return TABLE_BLOCK.sub(lambda m: m.group(1) + readme_table(root / m["dir"]) + m.group(4), text)
