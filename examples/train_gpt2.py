@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 now = time.perf_counter()
+                if world > 1:  # the mean over every rank's batches
+                    dist.all_reduce(interval_loss)
+                    interval_loss /= world
                 train_loss = float(interval_loss) / interval_steps
                 if not math.isfinite(train_loss):
                     raise FloatingPointError(f"{args.optimizer}: training loss became {train_loss} by step {step}")
