@@ -315,31 +315,33 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark; write bench.json and bench.md under ``args.out``."""
     device = torch.device(args.device)
     if args.quick:
-        shapes, args.d_model, args.layers, args.repeats, args.warmup, args.min_seconds = QUICK_SHAPES, 16, 1, 1, 0, 0.0
+        shapes, d_model, layers, repeats, warmup, min_seconds = QUICK_SHAPES, 16, 1, 1, 0, 0.0
     else:
         shapes = GPU_SHAPES if device.type == "cuda" else CPU_SHAPES
+        d_model, layers, repeats, warmup, min_seconds = (args.d_model, args.layers, args.repeats, args.warmup,
+                                                         args.min_seconds)
     torch.set_flush_denormal(True)
     if device.type == "cpu" and args.threads > 0:
         torch.set_num_threads(args.threads)
-    model_shapes = gpt_shapes(args.d_model, args.layers, args.expansion)
+    model_shapes = gpt_shapes(d_model, layers, args.expansion)
     measure_kwargs = dict(
-        polar=args.polar, device=device, repeats=args.repeats, warmup=args.warmup, min_seconds=args.min_seconds
+        polar=args.polar, device=device, repeats=repeats, warmup=warmup, min_seconds=min_seconds
     )
     per_shape = []
     for shape in shapes:
         per_shape.append(measure([shape], **measure_kwargs))
         print(f"{shape}: " + ", ".join(f"{k} {v['ratio_to_muon']:.2f}×" for k, v in per_shape[-1].items()), flush=True)
-    label = f"GPT d={args.d_model} L={args.layers} e={args.expansion} ({len(model_shapes)} matrices)"
+    label = f"GPT d={d_model} L={layers} e={args.expansion} ({len(model_shapes)} matrices)"
     model = measure(model_shapes, **measure_kwargs)
     print(f"{label}: " + ", ".join(f"{k} {v['ratio_to_muon']:.2f}×" for k, v in model.items()), flush=True)
-    warm_shape = (4 * args.d_model, args.d_model)
+    warm_shape = (4 * d_model, d_model)
     report = {
         "provenance": provenance(device, getattr(args, "command_line", None)),
         "machine": machine_description(device),
         "device": device.type,
         "polar": args.polar,
-        "repeats": args.repeats,
-        "warmup": args.warmup,
+        "repeats": repeats,
+        "warmup": warmup,
         "shapes": [list(s) for s in shapes],
         "per_shape": per_shape,
         "model": {"label": label, "shapes": [list(s) for s in model_shapes], "results": model},
