@@ -19,51 +19,11 @@ import time
 
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.nn import functional as F
 
 from aurora_opt import OPTIMIZERS, get_optimizer, param_groups
-from aurora_opt.distributed import distribute_model, init_distributed
+from aurora_opt.data_parallel import distribute_model, finish_distributed, init_distributed
 from aurora_opt.train.data import stdlib_prefix
-
-
-class Block(nn.Module):
-    """Pre-norm causal self-attention and SwiGLU MLP (up/gate are tall: expansion·d × d)."""
-
-    def __init__(self, d_model: int, heads: int, expansion: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.attn_norm = nn.LayerNorm(d_model)
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.proj = nn.Linear(d_model, d_model, bias=False)
-        self.mlp_norm = nn.LayerNorm(d_model)
-        self.up = nn.Linear(d_model, expansion * d_model, bias=False)
-        self.gate = nn.Linear(d_model, expansion * d_model, bias=False)
-        self.down = nn.Linear(expansion * d_model, d_model, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, d_model = x.shape
-        q, k, v = self.qkv(self.attn_norm(x)).view(batch, length, 3, self.heads, -1).transpose(1, 3).unbind(2)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, d_model))
-        h = self.mlp_norm(x)
-        return x + self.down(self.up(h) * F.silu(self.gate(h)))
-
-
-class ByteGPT(nn.Module):
-    def __init__(self, d_model: int, layers: int, heads: int, expansion: int, context: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(256, d_model)
-        self.position = nn.Parameter(torch.zeros(context, d_model))
-        self.blocks = nn.ModuleList(Block(d_model, heads, expansion) for _ in range(layers))
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, 256, bias=False)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens) + self.position[: tokens.size(1)]
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
+from aurora_opt.train.gpt import GPT, GPTConfig
 
 
 def main() -> None:
@@ -92,7 +52,10 @@ def main() -> None:
     rank, world_size = dist.get_rank(), dist.get_world_size()
 
     torch.manual_seed(0)  # the same initial weights on every rank
-    model = ByteGPT(args.d_model, args.layers, args.heads, args.expansion, args.context).to(device)
+    config = GPTConfig(
+        vocab_size=256, seq_len=args.context, n_layer=args.layers, n_head=args.heads, d_model=args.d_model, mlp_expansion=args.expansion
+    )
+    model = GPT(config).to(device)
     model = distribute_model(model, args.mode, blocks=list(model.blocks))
     options = {"lr": args.lr} if args.lr is not None else {}
     if args.no_share:
@@ -105,8 +68,7 @@ def main() -> None:
     for _ in range(args.steps):
         starts = torch.randint(0, len(text) - args.context - 1, (args.batch,), generator=generator).to(device)
         window = torch.stack([text[s : s + args.context + 1] for s in starts.tolist()])
-        logits = model(window[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, 256), window[:, 1:].reshape(-1))
+        loss = model(window[:, :-1], window[:, 1:])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if device.type == "cuda":

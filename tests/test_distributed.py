@@ -501,7 +501,7 @@ def test_without_torch_distributed_the_step_is_local():
 
 
 def test_distribute_model_rejects_unknown_mode():
-    from aurora_opt.distributed import distribute_model
+    from aurora_opt.data_parallel import distribute_model
 
     with pytest.raises(ValueError, match="unknown data-parallel mode"):
         distribute_model(nn.Linear(2, 2), "zero3")

@@ -265,6 +265,120 @@ def replicated_directions(
     return directions
 
 
+class _RowBlocks:
+    """Where the rows of row-sharded matrices live: the owner of each matrix and every rank's block.
+
+    Every rank builds the same layout from the global shapes alone (no communication).
+    """
+
+    def __init__(self, global_shapes: Sequence[torch.Size], world_size: int) -> None:
+        self.shapes = list(global_shapes)
+        self.world_size = world_size
+        self.owners = assign_owners([matrix_cost(shape) for shape in global_shapes], world_size)
+        self.bounds = [shard_rows(shape[0], world_size) for shape in global_shapes]
+        self.row_numel = [math.prod(shape[1:]) for shape in global_shapes]
+
+    def rows(self, i: int, rank: int) -> int:
+        """Rows of matrix ``i`` held by ``rank``."""
+        start, stop = self.bounds[i][rank]
+        return stop - start
+
+    def numel(self, i: int, rank: int) -> int:
+        """Entries of matrix ``i`` held by ``rank``."""
+        return self.rows(i, rank) * self.row_numel[i]
+
+    def owned_by(self, rank: int) -> list[int]:
+        """Indices of the matrices ``rank`` owns, ascending."""
+        return [i for i, owner in enumerate(self.owners) if owner == rank]
+
+    def by_owner(self) -> list[int]:
+        """All indices grouped by owner rank, ascending within an owner: the order of every buffer."""
+        return sorted(range(len(self.shapes)), key=lambda i: self.owners[i])
+
+
+def _exchange(
+    pieces: Sequence[Tensor],
+    send_sizes: list[int],
+    recv_sizes: list[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    process_group: Any,
+) -> Tensor:
+    """One ``all_to_all``: ``pieces`` flattened in order, ``send_sizes[r]`` entries to rank ``r``."""
+    send = torch.cat(list(pieces) or [torch.empty(0, dtype=dtype, device=device)])
+    received = torch.empty(sum(recv_sizes), dtype=dtype, device=device)
+    dist.all_to_all_single(received, send, recv_sizes, send_sizes, group=process_group)
+    return received
+
+
+def _assemble_on_owner(
+    local_momenta: Sequence[Tensor], layout: _RowBlocks, rank: int, dtype: torch.dtype, device: torch.device, process_group: Any
+) -> list[Tensor]:
+    """Send every momentum shard to its matrix's owner; return the whole momenta this rank owns.
+
+    Each rank sends its blocks grouped by owner; the owner receives, from each rank in turn, that
+    rank's block of each matrix it owns, and stacks the blocks in rank order (``torch.chunk``'s).
+    """
+    ranks = range(layout.world_size)
+    mine = layout.owned_by(rank)
+    send_sizes = [sum(layout.numel(i, rank) for i in layout.owned_by(r)) for r in ranks]
+    recv_sizes = [sum(layout.numel(i, r) for i in mine) for r in ranks]
+    pieces = [local_momenta[i].reshape(-1).to(dtype) for i in layout.by_owner()]
+    received = _exchange(pieces, send_sizes, recv_sizes, dtype, device, process_group)
+
+    blocks: dict[int, list[Tensor]] = {i: [] for i in mine}
+    offset = 0
+    for r in ranks:
+        for i in mine:
+            size = layout.numel(i, r)
+            blocks[i].append(received[offset : offset + size].view(layout.rows(i, r), *layout.shapes[i][1:]))
+            offset += size
+    return [torch.cat(blocks[i]) for i in mine]
+
+
+def _return_rows(
+    directions: Sequence[Tensor],
+    local_shapes: Sequence[torch.Size],
+    layout: _RowBlocks,
+    rank: int,
+    param_dtypes: Sequence[torch.dtype],
+    direction_state: Sequence[Sequence[Tensor]],
+    dtype: torch.dtype,
+    device: torch.device,
+    process_group: Any,
+) -> list[Tensor]:
+    """Send each rank its rows of the directions this rank owns, with their direction state.
+
+    ``directions``: the whole directions of ``layout.owned_by(rank)``. Returns this rank's rows of
+    every matrix's direction (in ``local_shapes``) and copies the owners' state into ``direction_state``.
+    """
+    ranks = range(layout.world_size)
+    mine = layout.owned_by(rank)
+    state_numel = [sum(s.numel() for s in states) for states in direction_state]
+    pieces_to: list[list[Tensor]] = [[] for _ in ranks]
+    for i, U in zip(mine, directions):
+        U = U.reshape(layout.shapes[i]).to(param_dtypes[i])
+        for r in ranks:
+            start, stop = layout.bounds[i][r]
+            pieces_to[r].append(U[start:stop].reshape(-1).to(dtype))
+            pieces_to[r].extend(s.reshape(-1).to(dtype) for s in direction_state[i])
+    send_sizes = [sum(layout.numel(i, r) + state_numel[i] for i in mine) for r in ranks]
+    recv_sizes = [sum(layout.numel(i, rank) + state_numel[i] for i in layout.owned_by(r)) for r in ranks]
+    pieces = [piece for to_rank in pieces_to for piece in to_rank]
+    received = _exchange(pieces, send_sizes, recv_sizes, dtype, device, process_group)
+
+    local: list[Tensor | None] = [None] * len(layout.shapes)
+    offset = 0
+    for i in layout.by_owner():
+        size = layout.numel(i, rank)
+        local[i] = received[offset : offset + size].view(local_shapes[i]).to(param_dtypes[i])
+        offset += size
+        for s in direction_state[i]:
+            s.copy_(received[offset : offset + s.numel()].view(s.shape))
+            offset += s.numel()
+    return local  # type: ignore[return-value]
+
+
 def sharded_directions(
     local_momenta: Sequence[Tensor],
     global_shapes: Sequence[torch.Size],
@@ -277,111 +391,22 @@ def sharded_directions(
 
     ``local_momenta``: this rank's ``torch.chunk`` block of each parameter-shaped momentum (maybe
     empty). Returns this rank's rows of each direction, in the parameter's dtype; every rank's
-    ``direction_state`` ends with the owner's values.
+    ``direction_state`` ends with the owner's values. Two ``all_to_all``: momentum rows to the
+    owners, direction rows (and state) back.
     """
-    world_size = dist.get_world_size(process_group)
     rank = dist.get_rank(process_group)
     device = _communication_device(check_same_device(local_momenta), process_group)
-    count = len(global_shapes)
-    owners = assign_owners([matrix_cost(shape) for shape in global_shapes], world_size)
-    bounds = [shard_rows(shape[0], world_size) for shape in global_shapes]
-    row_numel = [math.prod(shape[1:]) for shape in global_shapes]
+    layout = _RowBlocks(global_shapes, dist.get_world_size(process_group))
     for i, M in enumerate(local_momenta):
-        start, stop = bounds[i][rank]
-        if M.shape[0] != stop - start:
+        if M.shape[0] != layout.rows(i, rank):
             raise ValueError(
                 f"a shard of a {tuple(global_shapes[i])} parameter has {M.shape[0]} rows on rank {rank}, not the "
-                f"{stop - start} of torch.chunk's Shard(0) layout"
+                f"{layout.rows(i, rank)} of torch.chunk's Shard(0) layout"
             )
     dtype = _buffer_dtype([*param_dtypes, *(s.dtype for states in direction_state for s in states)])
 
-    def rows(i: int, r: int) -> int:
-        return bounds[i][r][1] - bounds[i][r][0]
-
-    # momentum shards → owners
-    send_sizes = [sum(rows(i, rank) * row_numel[i] for i in range(count) if owners[i] == r) for r in range(world_size)]
-    recv_sizes = [sum(rows(i, r) * row_numel[i] for i in range(count) if owners[i] == rank) for r in range(world_size)]
-    order = sorted(range(count), key=lambda i: owners[i])
-    send = torch.cat([local_momenta[i].reshape(-1).to(dtype) for i in order] or [torch.empty(0, dtype=dtype, device=device)])
-    received = torch.empty(sum(recv_sizes), dtype=dtype, device=device)
-    dist.all_to_all_single(received, send, recv_sizes, send_sizes, group=process_group)
-
-    mine = [i for i in range(count) if owners[i] == rank]
-    blocks: dict[int, list[Tensor]] = {i: [] for i in mine}
-    offset = 0
-    for r in range(world_size):
-        for i in mine:
-            size = rows(i, r) * row_numel[i]
-            blocks[i].append(received[offset : offset + size].view(rows(i, r), *global_shapes[i][1:]))
-            offset += size
-    whole = [torch.cat(blocks[i]).to(param_dtypes[i]) for i in mine]
-
-    # direction rows (and the direction state) → every rank
-    pieces_to: list[list[Tensor]] = [[] for _ in range(world_size)]
-    for i, U in zip(mine, compute(mine, whole)):
-        U = U.reshape(global_shapes[i]).to(param_dtypes[i])
-        for r in range(world_size):
-            start, stop = bounds[i][r]
-            pieces_to[r].append(U[start:stop].reshape(-1).to(dtype))
-            pieces_to[r].extend(s.reshape(-1).to(dtype) for s in direction_state[i])
-    state_numel = [sum(s.numel() for s in states) for states in direction_state]
-    send_sizes = [sum(rows(i, r) * row_numel[i] + state_numel[i] for i in mine) for r in range(world_size)]
-    recv_sizes = [
-        sum(rows(i, rank) * row_numel[i] + state_numel[i] for i in range(count) if owners[i] == r) for r in range(world_size)
-    ]
-    flat = [piece for pieces in pieces_to for piece in pieces]
-    send = torch.cat(flat or [torch.empty(0, dtype=dtype, device=device)])
-    received = torch.empty(sum(recv_sizes), dtype=dtype, device=device)
-    dist.all_to_all_single(received, send, recv_sizes, send_sizes, group=process_group)
-
-    directions: list[Tensor | None] = [None] * count
-    offset = 0
-    for i in order:
-        size = rows(i, rank) * row_numel[i]
-        directions[i] = received[offset : offset + size].view(local_momenta[i].shape).to(param_dtypes[i])
-        offset += size
-        for s in direction_state[i]:
-            s.copy_(received[offset : offset + s.numel()].view(s.shape))
-            offset += s.numel()
-    return directions  # type: ignore[return-value]
-
-
-def init_distributed() -> torch.device:
-    """Join the process group that ``torchrun`` describes in the environment; return this rank's device.
-
-    NCCL with one GPU per rank (``LOCAL_RANK``) when CUDA is available, else gloo on the CPU.
-    A no-op that returns the device when the group is already initialized.
-    """
-    import os
-
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-def distribute_model(model: torch.nn.Module, mode: str, *, blocks: Sequence[torch.nn.Module] = ()) -> torch.nn.Module:
-    """Make ``model`` data-parallel over the default process group; build the optimizer afterwards.
-
-    ``"ddp"``: wrap in ``DistributedDataParallel`` (parameters replicated, gradients averaged).
-    ``"fsdp2"``: ``fully_shard`` each of ``blocks`` (e.g. the transformer layers), then the whole
-    model, in place (parameters become ``Shard(0)`` DTensors). Either way the optimizer is then
-    built as usual, e.g. ``Aurora(param_groups(model))``, and shares its work over the same group.
-    """
-    if mode == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
-        device = next(model.parameters()).device
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if mode == "fsdp2":
-        from torch.distributed.fsdp import fully_shard
-
-        for block in blocks:
-            fully_shard(block)
-        fully_shard(model)
-        return model
-    raise ValueError(f"unknown data-parallel mode {mode!r}; expected 'ddp' or 'fsdp2'")
+    mine = layout.owned_by(rank)
+    whole = _assemble_on_owner(local_momenta, layout, rank, dtype, device, process_group)
+    directions = compute(mine, [M.to(param_dtypes[i]) for i, M in zip(mine, whole)])
+    local_shapes = [M.shape for M in local_momenta]
+    return _return_rows(directions, local_shapes, layout, rank, param_dtypes, direction_state, dtype, device, process_group)
