@@ -1,5 +1,6 @@
 """aurora-opt: Aurora and the Muon family of spectral optimizers for PyTorch."""
 
+from . import diagnostics
 from .optim import (
     Aurora,
     Muon,
@@ -25,6 +26,7 @@ __all__ = [
     "RiemannianAurora",
     "SpectralOptimizer",
     "UNorMuon",
+    "diagnostics",
     "get_optimizer",
     "get_polar",
     "param_groups",
