@@ -1,2 +1,14 @@
-import sys, pathlib
+import os
+import pathlib
+import sys
+
+# One intra-op thread for the whole suite, and (through the environment) for every subprocess it
+# starts: the suite runs on a 2-core machine shared with other work, where two threads per process
+# made test_aurora.py take 300 s instead of 6 s in one measurement. Set before torch is imported.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 sys.path.insert(0, str(pathlib.Path(__file__).parent))

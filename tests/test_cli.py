@@ -128,7 +128,7 @@ def test_bad_shard_header_from_a_fresh_process(tmp_path):
     shard = _bad_shard(tmp_path)
     src = Path(__file__).resolve().parents[1] / "src"
     proc = subprocess.run([sys.executable, "-m", "aurora_opt", "compare", "--data", str(shard), "--out", str(tmp_path)],
-                          capture_output=True, text=True, env={"PYTHONPATH": str(src), "PATH": ""}, timeout=120)
+                          capture_output=True, text=True, env={"PYTHONPATH": str(src), "PATH": "", "OMP_NUM_THREADS": "1"}, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"aurora-opt: error: {shard}: bad shard magic 1234 (expected 20240520)"
     assert "Traceback" not in proc.stderr
