@@ -1,13 +1,15 @@
-"""Slow, readable float64 references of every update rule, one parameter at a time.
+"""Slow, readable float64 references of every update rule, one parameter at a time, and the
+inputs the tests share.
 
-These follow the formulas in the docstrings literally (Python loops over rows, an exact SVD polar
-factor) and share no code with the library beyond torch itself, so agreement is evidence that the
-vectorized implementation computes the documented math.
+The references follow the formulas in the docstrings literally (Python loops over rows, an exact
+SVD polar factor) and share no code with the library beyond torch itself, so agreement is evidence
+that the vectorized implementation computes the documented math.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -120,3 +122,26 @@ def reference_step(name: str, W: Tensor, G: Tensor, state: dict, **hp) -> Tensor
         raise KeyError(name)
     lr = hp["lr"]
     return W * (1 - lr * hp["weight_decay"]) - lr * shape_scale(m, n, hp.get("adjust_lr_fn")) * U
+
+
+# ---------------------------------------------------------------------------------------------- shared inputs
+def unequal_rows(
+    m: int, n: int, generator: torch.Generator | int = 0, *, decades: float = 3.0, shuffle: bool = False, dtype=torch.float64
+) -> Tensor:
+    """Gaussian m×n matrix whose row norms are log-spaced over ``decades`` decades around 1, in
+    increasing order (or permuted, with ``shuffle``): neurons with unequal gradients, the case where
+    Aurora differs from Muon. ``generator``: a seed or a generator to draw from; drawn in float64.
+    """
+    if isinstance(generator, int):
+        generator = torch.Generator().manual_seed(generator)
+    scales = torch.logspace(-decades / 2, decades / 2, m, dtype=torch.float64)
+    if shuffle:
+        scales = scales[torch.randperm(m, generator=generator)]
+    return (torch.randn(m, n, generator=generator, dtype=torch.float64) * scales[:, None]).to(dtype)
+
+
+def set_grads(params: Iterable[Tensor], seed: int) -> None:
+    """Give every parameter a fresh standard Gaussian gradient in its own dtype, drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator).to(p.dtype)

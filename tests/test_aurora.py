@@ -9,6 +9,7 @@ from aurora_opt import RiemannianAurora
 from aurora_opt.optim import aurora_direction, riemannian_aurora_direction, row_uniformity_error
 from aurora_opt.optim.riemannian_aurora import tangent_projection
 from aurora_opt.polar import make_orthogonalizer
+import reference
 from reference import exact_polar
 
 SVD64 = make_orthogonalizer("svd", steps=None, eps=1e-7, dtype=torch.float64)
@@ -20,10 +21,9 @@ CONVERGED_ROW_TOLERANCE = 1e-3
 RIEMANNIAN_ROW_TOLERANCE = 1e-2
 
 
-def unequal_rows(m: int, n: int, seed: int = 0, decades: float = 3.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    scale = torch.logspace(-decades / 2, decades / 2, m, dtype=torch.float64)
-    return (torch.randn(m, n, generator=g, dtype=torch.float64) * scale[:, None]).unsqueeze(0)
+def unequal_rows(m: int, n: int, seed: int = 0) -> torch.Tensor:
+    """:func:`reference.unequal_rows` (three decades) as a batch of one matrix."""
+    return reference.unequal_rows(m, n, seed)[None]
 
 
 def objective(M: torch.Tensor, U: torch.Tensor) -> float:

@@ -18,6 +18,7 @@ from aurora_opt.optim.aurora import (
     row_uniformity_error,
 )
 from aurora_opt.polar import make_orthogonalizer, polar_express, svd_polar
+from reference import unequal_rows
 
 #: float64 with the exact SVD polar: agreement is limited by rounding over tens of iterations
 EXACT_TOL = 1e-9
@@ -28,13 +29,6 @@ FP32_TOL = 2e-5
 ROW_TARGET = 0.01
 #: Riemannian Aurora retracts to rows within 0.1 % (ROW_TOLERANCE); fp32 polar noise on top
 RIEMANNIAN_ROW_TOL = 2e-3
-
-
-def row_scaled(m: int, n: int, seed: int, decades: float = 2.0, dtype=torch.float64) -> torch.Tensor:
-    """Gaussian with row norms log-uniform over ``decades`` (neurons with unequal gradients)."""
-    g = torch.Generator().manual_seed(seed)
-    scales = torch.logspace(-decades / 2, decades / 2, m, dtype=torch.float64)[torch.randperm(m, generator=g)]
-    return (torch.randn(m, n, generator=g, dtype=torch.float64) * scales[:, None]).to(dtype)
 
 
 def reference_converged(X: torch.Tensor, rank_eps: float | None = None) -> torch.Tensor:
@@ -65,7 +59,7 @@ def fast(X: torch.Tensor, steps: int = 200, orthogonalize=svd_polar, gram_dtype=
 
 
 def test_gram_leverage_is_the_row_norm_of_the_polar_factor():
-    X = row_scaled(200, 40, seed=0)
+    X = unequal_rows(200, 40, 0, decades=2.0, shuffle=True)
     D = torch.rand(1, 200, 1, dtype=torch.float64) + 0.5
     expected = svd_polar(D * X).square().sum(dim=-1, keepdim=True)
     assert torch.allclose(gram_leverage(X.unsqueeze(0), D), expected, atol=EXACT_TOL)
@@ -73,12 +67,12 @@ def test_gram_leverage_is_the_row_norm_of_the_polar_factor():
 
 @pytest.mark.parametrize("shape", [(128, 32), (60, 48), (300, 17)])
 def test_fast_matches_the_converged_exact_reference(shape):
-    X = row_scaled(*shape, seed=1)
+    X = unequal_rows(*shape, 1, decades=2.0, shuffle=True)
     assert torch.allclose(fast(X), reference_converged(X), atol=EXACT_TOL)
 
 
 def test_default_step_is_row_uniform_where_the_reference_is_not():
-    X = row_scaled(1024, 256, seed=2, dtype=torch.float32).unsqueeze(0)
+    X = unequal_rows(1024, 256, 2, decades=2.0, shuffle=True, dtype=torch.float32).unsqueeze(0)
     U = aurora_direction(X, orthogonalize=polar_express, balance_steps=2, balance_beta=0.65, eps=1e-7)
     reference = balanced_polar(X, orthogonalize=polar_express, steps=2, beta=0.5, eps=1e-7)
     assert row_uniformity_error(U).item() <= ROW_TARGET
@@ -135,7 +129,7 @@ def test_rank_deficient_matrix(dtype):
 
 
 def test_zero_rows_get_zero_update_and_the_rest_are_uniform():
-    X = row_scaled(200, 32, seed=5)
+    X = unequal_rows(200, 32, 5, decades=2.0, shuffle=True)
     zero = torch.tensor([0, 7, 50, 199])
     X[zero] = 0
     U = fast(X)
@@ -264,7 +258,7 @@ def test_warm_start_state_round_trips_bit_exactly(dtype):
 def test_warm_start_keeps_rows_uniform_on_a_drifting_momentum():
     # gradients: a fixed signal with unequal rows plus fresh noise of half its size per row
     g = torch.Generator().manual_seed(11)
-    signal = row_scaled(512, 128, seed=11, dtype=torch.float32)
+    signal = unequal_rows(512, 128, 11, decades=2.0, shuffle=True, dtype=torch.float32)
     row_size = signal.norm(dim=1, keepdim=True) / 128**0.5
     warm = None
     errors_warm, errors_cold = [], []
@@ -294,7 +288,7 @@ def test_reference_mode_is_selectable_and_validated():
 
 
 def test_riemannian_aurora_on_the_fast_path():
-    X = row_scaled(256, 64, seed=13, dtype=torch.float32)
+    X = unequal_rows(256, 64, 13, decades=2.0, shuffle=True, dtype=torch.float32)
     p = torch.nn.Parameter(torch.zeros(256, 64))
     p.grad = X.clone()
     opt = RiemannianAurora([p], lr=1.0, weight_decay=0.0, momentum=0.0)

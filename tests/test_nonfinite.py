@@ -10,6 +10,7 @@ import torch
 
 import aurora_opt
 from aurora_opt import NonFiniteGradError
+from reference import set_grads
 
 OPTIMIZER_NAMES = sorted(aurora_opt.OPTIMIZERS)
 BAD_VALUES = (float("nan"), float("inf"), float("-inf"))
@@ -30,12 +31,6 @@ def make_optimizer(name: str, params: dict[str, torch.nn.Parameter], **options) 
         {"params": [("mlp.bias", params["mlp.bias"]), ("embed", params["embed"])], "algorithm": "adamw"},
     ]
     return aurora_opt.OPTIMIZERS[name](groups, **options)
-
-
-def set_grads(params: dict[str, torch.nn.Parameter], seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    for p in params.values():
-        p.grad = torch.randn(p.shape, generator=generator)
 
 
 def bits(t: torch.Tensor) -> bytes:
@@ -72,9 +67,9 @@ def poison(params: dict[str, torch.nn.Parameter], name: str, value: float) -> No
 def test_raise_changes_nothing(name: str, bad_param: str, value: float) -> None:
     params = make_params()
     optimizer = make_optimizer(name, params)
-    set_grads(params, seed=0)
+    set_grads(params.values(), seed=0)
     optimizer.step()  # state exists now (momentum, NorMuon's variance, AdamW moments)
-    set_grads(params, seed=1)
+    set_grads(params.values(), seed=1)
     poison(params, bad_param, value)
     before = snapshot(params, optimizer)
     with pytest.raises(NonFiniteGradError, match=rf"parameter '{bad_param}' of shape {tuple(params[bad_param].shape)}".replace("(", r"\(").replace(")", r"\)")):
@@ -86,7 +81,7 @@ def test_raise_changes_nothing(name: str, bad_param: str, value: float) -> None:
 def test_raise_on_first_step_creates_no_state(name: str) -> None:
     params = make_params()
     optimizer = make_optimizer(name, params)
-    set_grads(params, seed=0)
+    set_grads(params.values(), seed=0)
     poison(params, "mlp.bias", float("nan"))
     before = snapshot(params, optimizer)
     with pytest.raises(NonFiniteGradError, match=r"parameter 'mlp.bias' of shape \(48,\)"):
@@ -110,10 +105,10 @@ def test_raise_names_unnamed_parameter_by_position() -> None:
 def test_skip_changes_nothing_counts_and_persists(name: str) -> None:
     params = make_params()
     optimizer = make_optimizer(name, params, on_nonfinite_grad="skip")
-    set_grads(params, seed=0)
+    set_grads(params.values(), seed=0)
     optimizer.step()
     for skipped, bad_param in enumerate(("embed", "experts", "mlp.down"), start=1):
-        set_grads(params, seed=10 + skipped)
+        set_grads(params.values(), seed=10 + skipped)
         poison(params, bad_param, float("nan") if skipped % 2 else float("inf"))
         before = snapshot(params, optimizer)
         optimizer.step()
@@ -136,17 +131,17 @@ def test_skip_on_first_step_then_train_as_if_it_never_happened(name: str) -> Non
     clean = make_optimizer(name, clean_params)
     skipping = make_optimizer(name, skip_params, on_nonfinite_grad="skip")
 
-    set_grads(skip_params, seed=99)
+    set_grads(skip_params.values(), seed=99)
     poison(skip_params, "mlp.up", float("nan"))
     skipping.step()  # before any state exists
     assert len(skipping.state) == 0 and skipping.skipped_steps == 1
 
     for step in range(3):
-        set_grads(clean_params, seed=step)
+        set_grads(clean_params.values(), seed=step)
         clean.step()
-        set_grads(skip_params, seed=step)
+        set_grads(skip_params.values(), seed=step)
         skipping.step()
-        set_grads(skip_params, seed=50 + step)
+        set_grads(skip_params.values(), seed=50 + step)
         poison(skip_params, "embed", float("-inf"))
         skipping.step()
     assert skipping.skipped_steps == 4
@@ -179,7 +174,7 @@ def test_invalid_policy_is_rejected() -> None:
 def test_sparse_gradient_is_a_clear_error(name: str) -> None:
     params = make_params()
     optimizer = make_optimizer(name, params)
-    set_grads(params, seed=0)
+    set_grads(params.values(), seed=0)
     params["embed"].grad = params["embed"].grad.to_sparse()
     before = snapshot(params, optimizer)
     with pytest.raises(RuntimeError, match=r"parameter 'embed' has a sparse gradient; \w+ needs dense gradients"):
@@ -191,7 +186,7 @@ def test_sparse_gradient_is_a_clear_error(name: str) -> None:
 def test_complex_gradient_is_a_clear_error(name: str) -> None:
     params = make_params()
     optimizer = make_optimizer(name, params)
-    set_grads(params, seed=0)
+    set_grads(params.values(), seed=0)
     params["mlp.down"].grad_dtype = None  # torch itself refuses a complex grad on a real tensor otherwise
     params["mlp.down"].grad = torch.randn(12, 48, dtype=torch.complex64)
     before = snapshot(params, optimizer)
@@ -224,7 +219,7 @@ def test_zero_gradient_rows_and_all_zero_gradients_give_finite_updates(name: str
     dead_rows = torch.zeros(48, dtype=torch.bool)
     dead_rows[::3] = True
     for step in range(3):
-        set_grads(params, seed=step)
+        set_grads(params.values(), seed=step)
         params["mlp.up"].grad[dead_rows] = 0.0  # dead neurons: zero rows of a tall matrix
         params["mlp.down"].grad[:, dead_rows] = 0.0  # their columns in the wide one
         params["experts"].grad.zero_()  # an all-zero gradient

@@ -12,6 +12,7 @@ from torch import nn
 import aurora_opt
 from aurora_opt import OPTIMIZERS, get_optimizer
 from optim_db import COMMON_ERROR_INPUTS, OPTIM_DB
+from reference import set_grads
 
 NAMES = sorted(OPTIMIZERS)
 VARIANTS = [(name, i) for name in NAMES for i in range(len(OPTIM_DB[name].variants))]
@@ -19,6 +20,8 @@ VARIANTS = [(name, i) for name in NAMES for i in range(len(OPTIM_DB[name].varian
 # parameter shapes of the generic suite: tall, wide, square, a stack of matrices, a conv kernel
 SPECTRAL_SHAPES = [(24, 8), (8, 24), (12, 12), (2, 16, 6), (6, 3, 3, 3)]
 ADAMW_SHAPES = [(24,), (30, 8)]  # a bias and an embedding table
+#: step t's gradients are drawn from seed GRAD_SEED + t, apart from the parameters' seeds
+GRAD_SEED = 100
 
 
 def make_params(dtype=torch.float32, seed: int = 0) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -35,17 +38,11 @@ def make_optimizer(name: str, spectral, adamw, **kwargs):
     return get_optimizer(name)(groups, **{**OPTIM_DB[name].fast, **kwargs})
 
 
-def set_grads(params, step: int, seed: int = 100) -> None:
-    g = torch.Generator().manual_seed(seed + step)
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
-
-
 def run(name: str, steps: int, *, dtype=torch.float32, **kwargs):
     spectral, adamw = make_params(dtype)
     opt = make_optimizer(name, spectral, adamw, **kwargs)
     for t in range(steps):
-        set_grads(spectral + adamw, t)
+        set_grads(spectral + adamw, GRAD_SEED + t)
         opt.step()
     return spectral + adamw, opt
 
@@ -73,7 +70,7 @@ def test_state_dict_resume_is_bit_identical(name):
     spectral, adamw = make_params()
     opt = make_optimizer(name, spectral, adamw)
     for t in range(2):
-        set_grads(spectral + adamw, t)
+        set_grads(spectral + adamw, GRAD_SEED + t)
         opt.step()
     buffer = io.BytesIO()
     torch.save({"params": [p.detach().clone() for p in spectral + adamw], "optim": opt.state_dict()}, buffer)
@@ -87,8 +84,8 @@ def test_state_dict_resume_is_bit_identical(name):
     opt2 = make_optimizer(name, spectral2, adamw2)
     opt2.load_state_dict(checkpoint["optim"])
     for t in range(2, 4):
-        set_grads(spectral + adamw, t)
-        set_grads(spectral2 + adamw2, t)
+        set_grads(spectral + adamw, GRAD_SEED + t)
+        set_grads(spectral2 + adamw2, GRAD_SEED + t)
         opt.step()
         opt2.step()
     for a, b in zip(spectral + adamw, spectral2 + adamw2):
@@ -102,7 +99,7 @@ def test_params_without_grad_are_untouched(name):
     frozen = [spectral[1], adamw[0]]
     before = [p.detach().clone() for p in frozen]
     for t in range(2):
-        set_grads(spectral + adamw, t)
+        set_grads(spectral + adamw, GRAD_SEED + t)
         for p in frozen:
             p.grad = None
         opt.step()
@@ -273,8 +270,8 @@ def test_maximize_equals_minimizing_the_negated_gradient(name):
     ascending = make_optimizer(name, spectral, adamw, maximize=True)
     descending = make_optimizer(name, mirror_spectral, mirror_adamw)
     for t in range(3):
-        set_grads(spectral + adamw, t)
-        set_grads(mirror_spectral + mirror_adamw, t)
+        set_grads(spectral + adamw, GRAD_SEED + t)
+        set_grads(mirror_spectral + mirror_adamw, GRAD_SEED + t)
         for p in mirror_spectral + mirror_adamw:
             p.grad.neg_()
         ascending.step()

@@ -8,7 +8,7 @@ from torch import nn
 
 from aurora_opt import get_optimizer
 from aurora_opt.optim import adjust_lr
-from reference import exact_polar, reference_step
+from reference import exact_polar, reference_step, unequal_rows
 
 # Both sides compute in float64 with an exact SVD polar factor; they differ only in the order of
 # operations (vectorized vs loops), which moves results by a few ulps per step: 1e-10 absolute on
@@ -30,12 +30,6 @@ SETTINGS = [
 SHAPES = [(24, 6), (6, 24), (10, 10)]
 
 
-def unequal_rows(shape, generator) -> torch.Tensor:
-    """A matrix whose row norms span three decades, the case where Aurora differs from Muon."""
-    m, n = shape
-    return torch.randn(m, n, generator=generator, dtype=torch.float64) * torch.logspace(-2, 1, m, dtype=torch.float64)[:, None]
-
-
 @pytest.mark.parametrize("setting", range(len(SETTINGS)))
 @pytest.mark.parametrize("shape", SHAPES, ids=["tall", "wide", "square"])
 @pytest.mark.parametrize("name", sorted(HYPER))
@@ -48,7 +42,7 @@ def test_matches_reference(name, shape, setting):
     opt = get_optimizer(algorithm)([param], polar="svd", polar_dtype=torch.float64, **hp)
     W, state = W0.clone(), {}
     for _ in range(4):
-        G = unequal_rows(shape, g)
+        G = unequal_rows(*shape, g)
         param.grad = G.clone()
         opt.step()
         W = reference_step(algorithm, W, G, state, **hp)
