@@ -54,7 +54,12 @@ def main() -> None:
 
     torch.manual_seed(0)  # the same initial weights on every rank
     config = GPTConfig(
-        vocab_size=256, seq_len=args.context, n_layer=args.layers, n_head=args.heads, d_model=args.d_model, mlp_expansion=args.expansion
+        vocab_size=256,  # bytes
+        seq_len=args.context,
+        n_layer=args.layers,
+        n_head=args.heads,
+        d_model=args.d_model,
+        mlp_expansion=args.expansion,
     )
     model = GPT(config).to(device)
     model = distribute_model(model, args.mode, blocks=list(model.blocks))

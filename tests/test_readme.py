@@ -29,7 +29,7 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     """``(line of the block's first code line, code)`` for every ```python block."""
     return [
         (text.count("\n", 0, match.start(1)) + 1, match.group(1))
-        for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+        for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
     ]
 
 
@@ -65,9 +65,8 @@ def leaf_modules(names: list[str], modules: list[str]) -> list[str]:
 def run_fresh(code: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
     path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(
-        [sys.executable, "-c", code], input=stdin, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
-    )
+    command = [sys.executable, "-c", code]
+    return subprocess.run(command, input=stdin, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
 
 
 # Runs each block with its README line numbers, so a traceback points at the README line that failed.

@@ -27,7 +27,7 @@ def init_distributed() -> torch.device:
     A no-op that returns the device when the group is already initialized.
     """
     if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
