@@ -3,8 +3,8 @@
 Every ```python block of README.md runs, in order, in one fresh interpreter (CPU, one thread, a
 temporary working directory), each in a namespace of its own so that a block cannot lean on names
 an earlier one defined. Every dotted ``aurora_opt.…`` name the README mentions must resolve after a
-plain ``import aurora_opt`` in a fresh interpreter, and every module among them (and those run with
-``python -m``) must import as the first import of a fresh interpreter.
+plain ``import aurora_opt``, and every module it names (imported, run with ``python -m``, or a
+prefix of a dotted name) must import as the first aurora_opt import of a process.
 """
 
 from __future__ import annotations
@@ -78,17 +78,40 @@ for line, code in json.loads(sys.stdin.read()):
     exec(compile("\\n" * (line - 1) + code, "README.md", "exec"), {"__name__": "__main__"})
 """
 
-RESOLVE_NAMES = """
-import json, sys
-import aurora_opt
+# One fresh interpreter loads torch, then forks one child per check, each of which starts with no
+# aurora_opt module loaded: the first child does a plain ``import aurora_opt`` and reads every
+# dotted name as attributes; each other child imports one module first. Prints the failures.
+CHECK_IMPORTS = """
+import json, os, sys, traceback
+import torch
+names, modules = json.loads(sys.stdin.read())
+
+def resolve_names():
+    import aurora_opt
+    missing = []
+    for name in names:
+        value = aurora_opt
+        for part in name.split(".")[1:]:
+            if not hasattr(value, part):
+                missing.append(name)
+                break
+            value = getattr(value, part)
+    assert not missing, f"not reachable after import aurora_opt: {missing}"
+
+checks = [("import aurora_opt, then " + ", ".join(names), resolve_names)]
+checks += [(f"import {module} first", lambda module=module: __import__(module)) for module in modules]
 failed = []
-for name in json.loads(sys.stdin.read()):
-    value = aurora_opt
-    for part in name.split(".")[1:]:
-        if not hasattr(value, part):
-            failed.append(name)
-            break
-        value = getattr(value, part)
+for what, check in checks:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            check()
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    if os.waitpid(pid, 0)[1]:
+        failed.append(what)
 print(json.dumps(failed))
 """
 
@@ -103,15 +126,10 @@ def test_every_python_block_runs_as_written(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_every_aurora_opt_name_resolves_after_import_aurora_opt(tmp_path):
-    names, _ = dotted_names(README)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the checks fork a clean child per import")
+def test_every_aurora_opt_name_resolves_and_every_module_imports_first(tmp_path):
+    names, modules = dotted_names(README)
     assert "aurora_opt.diagnostics.NeuronHealth" in names
-    proc = run_fresh(RESOLVE_NAMES, tmp_path, json.dumps(names))
+    proc = run_fresh(CHECK_IMPORTS, tmp_path, json.dumps([names, leaf_modules(names, modules)]))
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == []
-
-
-@pytest.mark.parametrize("module", leaf_modules(*dotted_names(README)))
-def test_module_imports_first_in_a_fresh_interpreter(tmp_path, module):
-    proc = run_fresh(f"import {module}", tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [], proc.stderr
