@@ -516,3 +516,10 @@ def test_distribute_model_rejects_unknown_mode():
 
     with pytest.raises(ValueError, match="unknown data-parallel mode"):
         distribute_model(nn.Linear(2, 2), "zero3")
+
+
+def test_finish_distributed_without_a_process_group_does_nothing():
+    if dist.is_initialized():
+        pytest.skip("a process group is initialized in this process")
+    finish_distributed()
+    assert not dist.is_initialized()
