@@ -12,3 +12,12 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+# Property tests draw their examples from a fixed seed: the suite checks the same inputs on every run
+# (a random draw would make CI pass or fail by chance). Explore new inputs locally with
+# `pytest --hypothesis-profile explore`.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("ci")

@@ -164,7 +164,7 @@ def test_square_matrix_is_muon():
         _grads(a, step), _grads(b, step)
         aurora.step(), muon.step()
     assert torch.equal(a[0], b[0])
-    assert set(aurora.state[a[0]]) == {"momentum_buffer"}
+    assert set(aurora.state[a[0]]) == {"momentum_buffer", "nonfinite_directions"}
 
 
 @pytest.mark.parametrize("balance", ["gram", "polar"])
@@ -355,3 +355,38 @@ def test_sync_free_gram_leverage_survives_a_failed_cholesky():
         fixed = gram_leverage(X, D)
     assert torch.isfinite(fixed).all()
     torch.testing.assert_close(fixed[1], eager[1], rtol=0, atol=0)
+
+
+def test_a_nonfinite_direction_is_zeroed_and_counted(monkeypatch):
+    """If the polar factor of one matrix of a batch comes out non-finite (a backend failure), that
+    matrix gets a zero update, the others are untouched, and state counts it; no host sync needed."""
+    import aurora_opt.optim.aurora as aurora_module
+    from aurora_opt.optim import sync_free
+
+    params = _params([(48, 16), (48, 16)], 8)
+    reference_params = _params([(48, 16), (48, 16)], 8)
+    optimizer, reference = Aurora(params, lr=0.1), Aurora(reference_params, lr=0.1)
+    _grads(params, 0), _grads(reference_params, 0)
+    before = [p.detach().clone() for p in params]
+    real = aurora_module.corrected_rows
+
+    calls = []
+
+    def poisoned(U, active):  # the first parameter's polar factor turns NaN
+        U = real(U, active).clone()
+        if not calls:
+            U[0, 0, 0] = float("nan")
+        calls.append(1)
+        return U
+
+    monkeypatch.setattr(aurora_module, "corrected_rows", poisoned)
+    with sync_free():
+        optimizer.step()
+    monkeypatch.setattr(aurora_module, "corrected_rows", real)
+    with sync_free():
+        reference.step()
+    decay = 1 - 0.1 * 0.025
+    torch.testing.assert_close(params[0].detach(), before[0] * decay, rtol=0, atol=0)
+    torch.testing.assert_close(params[1].detach(), reference_params[1].detach(), rtol=0, atol=0)
+    assert optimizer.state[params[0]]["nonfinite_directions"].tolist() == [1.0]
+    assert optimizer.state[params[1]]["nonfinite_directions"].tolist() == [0.0]

@@ -255,6 +255,12 @@ def check_optimizer(name: str, grad: torch.Tensor, polar_dtype: torch.dtype, *, 
         low, high = polar_band("polar_express", coarse)
         if name == "aurora" and not full_rank and coarse != torch.float32:
             low, high = low / ROW_CORRECTION_MAX, high * ROW_CORRECTION_MAX
+        elif name == "aurora":
+            # the row correction scales rows by sqrt(ℓ̄/ℓ_i) of the uncorrected U, within 1 ± e for a
+            # row error e, and moves its singular values by at most that factor
+            raw = one_step_direction("aurora", grad, polar_dtype=polar_dtype, row_correction=False)
+            e = row_uniformity_error((raw if m >= n else raw.mT).float().unsqueeze(0)).item()
+            low, high = low * (1 - e), high * (1 + e)
         assert_isometry_on_signal(U, G, low, high)
     if m <= n or not rows_nonzero:
         return

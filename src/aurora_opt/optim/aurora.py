@@ -223,6 +223,8 @@ def gram_balanced_polar(
         lev = gram_leverage(Xg, D)
         mean = _active_mean(lev, active)
         step = (mean / lev.clamp_min(TINY)).pow(beta)
+        # a matrix whose leverage came out non-finite keeps its D for this step
+        step = torch.where(torch.isfinite(step).all(dim=-2, keepdim=True), step, torch.ones_like(step))
         if tolerance > 0:  # balanced matrices keep their D: each matrix gets what it would alone
             done = ((lev / mean.clamp_min(TINY) - 1).abs() * active).amax(dim=(-2, -1)) <= tolerance
             if host_syncs_allowed(done) and bool(done.all()):
@@ -255,6 +257,7 @@ def aurora_direction(
     scaling: Tensor | None = None,
     tolerance: float = 0.0,
     row_correction: bool = False,
+    nonfinite_directions: Tensor | None = None,
 ) -> Tensor:
     """Aurora's update direction for momentum matrices M [B, m, n].
 
@@ -263,9 +266,11 @@ def aurora_direction(
     ``scaling`` [B, max(m, n)], ``"gram"`` only: the warm start r of the balancing, overwritten
     with the new one. ``tolerance`` > 0: stop balancing once every row is within it of uniform.
     ``row_correction``: rescale the rows of the computed U to uniform (:func:`corrected_rows`).
+    A matrix whose U comes out non-finite gets a zero direction instead, and ``nonfinite_directions``
+    [B] (if given) counts it.
     """
     if M.size(-2) == M.size(-1):
-        return orthogonalize(M)
+        return _finite_or_zero(orthogonalize(M), nonfinite_directions)
     X, transposed = tall(M)
     if balance == "polar":
         U = balanced_polar(
@@ -290,8 +295,17 @@ def aurora_direction(
             row_correction=row_correction,
         )
         if scaling is not None:
-            scaling.copy_(r)
+            scaling.copy_(torch.where(torch.isfinite(r), r, scaling))
+    U = _finite_or_zero(U, nonfinite_directions)
     return U.mT if transposed else U
+
+
+def _finite_or_zero(U: Tensor, nonfinite_directions: Tensor | None) -> Tensor:
+    """U [B, m, n] with each non-finite matrix replaced by zeros; counted in ``nonfinite_directions`` [B]."""
+    finite = torch.isfinite(U).all(dim=-1).all(dim=-1)
+    if nonfinite_directions is not None:
+        nonfinite_directions.add_((~finite).to(nonfinite_directions.dtype))
+    return torch.where(finite.view(-1, 1, 1), U, torch.zeros((), dtype=U.dtype, device=U.device))
 
 
 def as_batch_shape(p: Tensor) -> tuple[int, int, int]:
@@ -303,7 +317,7 @@ def as_batch_shape(p: Tensor) -> tuple[int, int, int]:
 
 class Aurora(SpectralOptimizer):
     algorithm = "aurora"
-    stacked_state = ("balance_scaling",)
+    stacked_state = ("balance_scaling", "nonfinite_directions")
 
     def __init__(
         self,
@@ -355,6 +369,9 @@ class Aurora(SpectralOptimizer):
         if group["balance"] == "gram" and group["warm_start"] and m != n:
             # r_i = d_i·‖M_i‖ of the last step, over the rows of the tall orientation; 1 = cold start
             state["balance_scaling"] = torch.ones(batch, max(m, n), dtype=p.dtype, device=p.device)
+        # per matrix, steps whose direction came out non-finite and gave no update (should stay 0);
+        # in the parameter's dtype so that the distributed exchange needs no wider buffer
+        state["nonfinite_directions"] = torch.zeros(batch, dtype=p.dtype, device=p.device)
 
     def _direction(self, M, state, group, orthogonalize):
         steps = group["balance_steps"]
@@ -371,6 +388,7 @@ class Aurora(SpectralOptimizer):
             scaling=state.get("balance_scaling") if group["warm_start"] else None,
             tolerance=group["balance_tolerance"],
             row_correction=group["row_correction"],
+            nonfinite_directions=state.get("nonfinite_directions"),
         )
 
 
