@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ._spectral import SpectralOptimizer, _check_int, spectral_kwargs_doc
+from ._spectral import SpectralOptimizer, _check_int, host_syncs_allowed, spectral_kwargs_doc
 from .aurora import (
     BALANCE_MODES,
     TINY,
@@ -37,28 +37,42 @@ ROW_TOLERANCE = 1e-3
 #: max |UᵀU − I| of a start point that counts as semi-orthogonal: fp32 polar factors are within ~1e-5
 #: and bf16 ones ~1e-2, while a missing direction (rank-deficient momentum) shows as ~1
 FULL_RANK_TOLERANCE = 0.25
-#: CG stops once ‖r‖² ≤ CG_TOLERANCE·‖q‖² (relative residual 1e-12: float64 round-off level)
-CG_TOLERANCE = 1e-24
+#: CG freezes a system once ‖r‖ ≤ CG_RESIDUAL_FACTOR·ε·‖q‖, ε the machine epsilon of the working
+#: dtype: U, and so the operator, is known only to about that precision (a polar factor is), and CG
+#: iterated past it loses conjugacy (measured in fp32 on 64×16: p·Ap = −3.5e-12 at iteration 16, then
+#: α ≈ 1e19 and NaN when the tolerance was a float64 level, 1e-12 relative)
+CG_RESIDUAL_FACTOR = 100.0
 
 
 def _batched_cg(apply_A: Callable[[Tensor], Tensor], b: Tensor, steps: int) -> Tensor:
-    """Conjugate gradients for A x = b, A symmetric positive semi-definite, batched over rows of b."""
+    """Conjugate gradients for A x = b, A symmetric positive semi-definite, batched over rows of b.
+
+    ``steps`` masked iterations: a system freezes (keeps its x) once its residual is at the working
+    precision (see ``CG_RESIDUAL_FACTOR``) or as soon as p·Ap ≤ 0 (A, built from an inexact U, is
+    not positive along p). The loop stops early only where the host may read device values.
+    """
+    tolerance = (CG_RESIDUAL_FACTOR * torch.finfo(b.dtype).eps) ** 2
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rr = (r * r).sum(dim=-1, keepdim=True)
-    scale = rr.clamp_min(TINY)
+    threshold = tolerance * rr
+    running = rr > threshold
+    early_exit = host_syncs_allowed(b)
     for _ in range(steps):
-        running = rr > CG_TOLERANCE * scale  # systems already solved stay as they are
-        if not bool(running.any()):
+        if early_exit and not bool(running.any()):
             break
         Ap = apply_A(p)
-        alpha = torch.where(running, rr / (p * Ap).sum(dim=-1, keepdim=True).clamp_min(TINY), 0.0)
+        pAp = (p * Ap).sum(dim=-1, keepdim=True)
+        running = running & (pAp > 0)
+        alpha = torch.where(running, rr / torch.where(running, pAp, 1.0), 0.0)
         x = x + alpha * p
         r = r - alpha * Ap
         rr_new = (r * r).sum(dim=-1, keepdim=True)
-        p = r + (rr_new / rr.clamp_min(TINY)) * p
-        rr = rr_new
+        beta = torch.where(running, rr_new / torch.where(running, rr, 1.0), 0.0)
+        p = torch.where(running, r + beta * p, p)
+        rr = torch.where(running, rr_new, rr)
+        running = running & (rr > threshold)
     return x
 
 
@@ -141,9 +155,11 @@ def riemannian_aurora_direction(
     t = X.size(-1) / value.clamp_min(TINY)
     for _ in range(ascent_steps):
         Z = tangent_projection(X, U, cg_steps=cg_steps)
-        candidate = retract(U + t * Z)
+        # a non-finite direction is never retracted (an SVD backend raises on it) and never accepted
+        finite = torch.isfinite(Z).all(dim=(-2, -1), keepdim=True)
+        candidate = retract(torch.where(finite, U + t * Z, U))
         candidate_value = objective(candidate)
-        better = (candidate_value > value) & full_rank
+        better = (candidate_value > value) & full_rank & finite & torch.isfinite(candidate_value)
         U = torch.where(better, candidate, U)
         value = torch.where(better, candidate_value, value)
         t = torch.where(better, 1.5 * t, 0.5 * t)
