@@ -21,6 +21,10 @@ from reference import RIEMANNIAN_ROW_TOLERANCE
 #: (fp32 and float64, every accurate backend, 32×8 and 10×30); fp32 rounding of the objective
 #: and CG stopped at fp32 precision are ~1e-6, so 1e-5
 RIEMANNIAN_GAP = 1e-5
+#: how far above the exact optimum ⟨M, U⟩ may land, relative: U's rows are feasible only to 1e-3
+#: (ROW_TOLERANCE), and relaxing ‖U_i‖² = n/m by δ_i moves the optimum by about Σ λ_i δ_i
+#: (measured 3e-6 above it on the 10×30 input)
+ABOVE_OPTIMUM = 1e-4
 #: a certified optimum: Newton on the KKT equations reaches ~1e-15 on these inputs
 KKT_TOLERANCE = 1e-10
 #: a bf16 parameter rounds the update to 8 bits: ℓ_i = ‖U_i‖² moves by up to about 2·2⁻⁸ of itself
@@ -39,8 +43,7 @@ def my_polar(G: torch.Tensor, *, steps: int | None = None, eps: float = 1e-7) ->
     return U @ Vh
 
 
-ACCURATE = {"polar_express": {}, "simple_quintic": {}, "svd": {"polar": "svd"}, "callable": {"polar": my_polar}}
-ACCURATE["simple_quintic"] = {"polar": "simple_quintic"}
+ACCURATE = {"polar_express": {}, "simple_quintic": {"polar": "simple_quintic"}, "svd": {"polar": "svd"}, "callable": {"polar": my_polar}}
 COARSE = {"newton_schulz": {"polar": "newton_schulz"}, "bf16_polar": {"polar_dtype": torch.bfloat16}}
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -78,7 +81,7 @@ _optima: dict[tuple, tuple[torch.Tensor, float]] = {}
 
 
 def certified_optimum(M: torch.Tensor) -> torch.Tensor:
-    key = (tuple(M.shape), M.flatten()[:4].tolist(), M.sum().item())
+    key = (tuple(M.shape), M.numpy().tobytes())
     if key not in _optima:
         _optima[key] = optimum(M)
     U, residual = _optima[key]
@@ -100,7 +103,7 @@ def check_accurate(M: torch.Tensor, dtype: torch.dtype, kwargs: dict, *, gap: fl
     if gap is not None:
         best = objective(M, certified_optimum(M))
         assert objective(M, U) >= best * (1 - gap), (objective(M, U), best)
-        assert objective(M, U) <= best * (1 + OBJECTIVE_ROUNDING[dtype]), "above the optimum: infeasible?"
+        assert objective(M, U) <= best * (1 + ABOVE_OPTIMUM), "far above the optimum: infeasible?"
     return optimizer
 
 
