@@ -17,10 +17,10 @@ from aurora_opt.optim import adjust_lr, row_uniformity_error
 from aurora_optimum import optimum
 from reference import RIEMANNIAN_ROW_TOLERANCE
 
-#: gap (optimum − ⟨M, U⟩)/optimum allowed at the defaults on Gaussian momenta: measured ≤ 2e-6
-#: (fp32 and float64, every accurate backend, 32×8 and 10×30); fp32 rounding of the objective
-#: and CG stopped at fp32 precision are ~1e-6, so 1e-5
-RIEMANNIAN_GAP = 1e-5
+#: gap (optimum − ⟨M, U⟩)/optimum allowed at the defaults (10 ascent steps) on Gaussian momenta,
+#: measured over every accurate backend in fp32 and float64: ≤ 9.7e-6 on 32×8, 10×30 and 64×16,
+#: up to 8.9e-5 on 48×24 (seed 1); vanilla Aurora is 1.3e-3 to 3.0e-3 below, and so would fail
+RIEMANNIAN_GAP = 2e-4
 #: how far above the exact optimum ⟨M, U⟩ may land, relative: U's rows are feasible only to 1e-3
 #: (ROW_TOLERANCE), and relaxing ‖U_i‖² = n/m by δ_i moves the optimum by about Σ λ_i δ_i
 #: (measured 3e-6 above it on the 10×30 input)
