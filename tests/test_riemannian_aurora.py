@@ -32,9 +32,10 @@ BF16_ROW_ROUNDING = 1e-2
 #: ⟨M, U⟩ of two directions both rounded to the parameter's dtype, relative: float64 and fp32
 #: round-off of the sum; bf16: rounding of each entry of U (2⁻⁹ relative) partly cancels in the sum
 OBJECTIVE_ROUNDING = {torch.float64: 1e-9, torch.float32: 1e-6, torch.bfloat16: 4e-3}
-#: max |UᵀU − I| of the update: the polar factor's accuracy (fp32 Polar Express ~1e-6, float64 SVD
-#: ~1e-15) after the dtype's rounding of the update
-ORTHOGONALITY = {torch.float64: 1e-6, torch.float32: 1e-5, torch.bfloat16: 2e-2}
+#: max |UᵀU − I| of the update: the polar factor's accuracy after the dtype's rounding of the update.
+#: The polar factor runs in fp32 on the CPU for every parameter dtype (polar_dtype=None; svd is float64
+#: inside): fp32 factors measured up to 1.5e-6 at 256×64; bf16 rounding of U adds ~2⁻⁸
+ORTHOGONALITY = {torch.float64: 1e-5, torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
 def my_polar(G: torch.Tensor, *, steps: int | None = None, eps: float = 1e-7) -> torch.Tensor:
@@ -170,3 +171,24 @@ def test_gaussian_gap_to_the_optimum_sweep(shape, seed):
     for backend in ACCURATE.values():
         for dtype in (torch.float32, torch.float64):
             check_accurate(gaussian(*shape, seed), dtype, backend, gap=RIEMANNIAN_GAP)
+
+
+def test_a_non_finite_ascent_step_is_rejected_not_propagated(monkeypatch):
+    # a NaN in the tangent direction (what the old CG produced) must neither reach the SVD backend,
+    # which raises on it, nor the update: the step keeps the start point and counts as stalled
+    from aurora_opt.optim import riemannian_aurora
+
+    project = riemannian_aurora.tangent_projection
+
+    def poisoned(X, U, *, cg_steps):
+        Z = project(X, U, cg_steps=cg_steps)
+        Z[..., 0, 0] = float("nan")
+        return Z
+
+    M = gaussian(32, 8, seed=0)
+    start, _ = one_step(RiemannianAurora, M, torch.float64, polar="svd", ascent_steps=0)
+    monkeypatch.setattr(riemannian_aurora, "tangent_projection", poisoned)
+    U, optimizer = one_step(RiemannianAurora, M, torch.float64, polar="svd")
+    assert torch.equal(U, start)
+    state = next(iter(optimizer.state.values()))
+    assert state["stalled_ascents"].tolist() == [1.0] and state["skipped_ascents"].tolist() == [0.0]

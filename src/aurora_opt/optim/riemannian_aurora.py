@@ -195,9 +195,9 @@ def riemannian_aurora_direction(
         Z = tangent_projection(X, U, cg_steps=cg_steps)
         if k == 0:  # the first step moves U by at most FIRST_STEP of its norm ‖U‖_F = √n
             limit = FIRST_STEP * X.size(-1) ** 0.5 / torch.linalg.matrix_norm(Z, keepdim=True).clamp_min(TINY)
-            t = torch.minimum(t, limit)
-        # a non-finite direction is never retracted (an SVD backend raises on it) and never accepted
-        finite = torch.isfinite(Z).all(dim=(-2, -1), keepdim=True)
+            t = torch.where(torch.isfinite(limit), torch.minimum(t, limit), t)
+        # a non-finite step is never retracted (an SVD backend raises on it) and never accepted
+        finite = torch.isfinite(Z).all(dim=(-2, -1), keepdim=True) & torch.isfinite(t)
         candidate = retract(torch.where(finite, U + t * Z, U))
         candidate_value = objective(candidate)
         better = (candidate_value > value) & full_rank & finite & torch.isfinite(candidate_value)
