@@ -55,7 +55,11 @@ def gaussian(m: int, n: int, seed: int) -> torch.Tensor:
 
 
 def dominant_rows(m: int, n: int, seed: int) -> torch.Tensor:
-    """4 rows 1e3, 1e4, 1e5 and 1e6 times the others (a few neurons with huge gradients)."""
+    """4 rows (of the tall orientation) 1e3, 1e4, 1e5 and 1e6 times the others: a few neurons with
+    huge gradients. (4 dominant columns instead would leave directions with σ/σ_max ~1e-6, which fp32
+    polynomial polar factors do not resolve, for Muon and Aurora alike.)"""
+    if m < n:
+        return dominant_rows(n, m, seed).T.contiguous()
     M = gaussian(m, n, seed)
     M[:4] *= torch.logspace(3, 6, 4, dtype=torch.float64)[:, None]
     return M
