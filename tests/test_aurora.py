@@ -103,7 +103,7 @@ def test_riemannian_improves_strictly_on_unequal_rows_and_approaches_stationarit
     vanilla = objective(M, aurora(M))
     few = riemannian(M)
     many = riemannian(M, ascent_steps=60)
-    assert objective(M, few) > vanilla * 1.001  # measured +1.9 % with 5 steps on this matrix
+    assert objective(M, few) > vanilla * 1.001  # measured +2.9 % with 10 steps on this matrix (60: +3.1 %)
     assert objective(M, many) >= objective(M, few)
     # the Riemannian gradient (tangent projection of M/‖M‖) shrinks as the ascent converges
     X = M / M.norm()
