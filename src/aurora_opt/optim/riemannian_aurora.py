@@ -214,7 +214,6 @@ def riemannian_aurora_direction(
 
 class RiemannianAurora(SpectralOptimizer):
     algorithm = "riemannian_aurora"
-    extra_state = ("skipped_ascents", "stalled_ascents")
     stacked_state = ("skipped_ascents", "stalled_ascents")
 
     def __init__(
