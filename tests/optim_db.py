@@ -70,6 +70,6 @@ OPTIM_DB: dict[str, OptimInfo] = {
             ({"cg_steps": 0}, "cg_steps"),
             ({"balance_steps": 0}, "balance_steps"),
         ],
-        fast={"ascent_steps": 2, "cg_steps": 5},
+        fast={"ascent_steps": 2, "cg_steps": 5, "balance_steps": 4},
     ),
 }

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import RIEMANNIAN_ROW_TOLERANCE, exact_polar
 
 from aurora_opt import RiemannianAurora
-from aurora_opt.optim import aurora_direction, riemannian_aurora_direction, row_uniformity_error
+from aurora_opt.optim import (
+    aurora_direction,
+    riemannian_aurora_direction,
+    row_uniformity_error,
+)
 from aurora_opt.optim.riemannian_aurora import tangent_projection
 from aurora_opt.polar import make_orthogonalizer
 import reference
-from reference import exact_polar
 
 SVD64 = make_orthogonalizer("svd", steps=None, eps=1e-7, dtype=torch.float64)
 # float64 SVD polar factors are orthogonal to ~1e-15; 1e-10 leaves room for the balancing's products
 ORTHOGONALITY_ATOL = 1e-10
 # the promise for Aurora with enough balancing steps and an exact polar factor
 CONVERGED_ROW_TOLERANCE = 1e-3
-# Riemannian Aurora's promise at its defaults (the reference can be 30–90 % off)
-RIEMANNIAN_ROW_TOLERANCE = 1e-2
 
 
 def unequal_rows(m: int, n: int, seed: int = 0) -> torch.Tensor:
@@ -36,7 +38,7 @@ def aurora(M, steps=40, beta=0.5, balance="polar"):
 
 
 def riemannian(M, orthogonalize=SVD64, **kwargs):
-    settings = {"ascent_steps": 5, "balance_steps": 12, "cg_steps": 20, "eps": 1e-7} | kwargs
+    settings = {"ascent_steps": 10, "balance_steps": 12, "cg_steps": 20, "eps": 1e-7} | kwargs
     return riemannian_aurora_direction(M, orthogonalize=orthogonalize, **settings)
 
 
@@ -101,7 +103,7 @@ def test_riemannian_improves_strictly_on_unequal_rows_and_approaches_stationarit
     vanilla = objective(M, aurora(M))
     few = riemannian(M)
     many = riemannian(M, ascent_steps=60)
-    assert objective(M, few) > vanilla * 1.001  # measured +1.9 % with 5 steps on this matrix
+    assert objective(M, few) > vanilla * 1.001  # measured +2.9 % with 10 steps on this matrix (60: +3.1 %)
     assert objective(M, many) >= objective(M, few)
     # the Riemannian gradient (tangent projection of M/‖M‖) shrinks as the ascent converges
     X = M / M.norm()

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import RIEMANNIAN_ROW_TOLERANCE
 
 import aurora_opt
 from aurora_opt.optim.aurora import ROW_CORRECTION_MAX
@@ -63,8 +64,8 @@ AURORA_CONVERGED_MIN_ASPECT = 4
 #: polar factors suffice: measured ≤ 9.3e-4 in fp32 on the named inputs and the 15 inputs of
 #: measure_row_uniformity. They do not always suffice: of 300 random tall inputs (n ≤ 12, κ ≤ 20)
 #: 7 of 16 with m/n ≤ 1.5 stayed above 2e-3 (worst 0.16) and 10 of 283 with m/n > 1.5 (worst 0.02),
-#: so random inputs are checked only against Muon's polar factor.
-RIEMANNIAN_ROW_TOLERANCE = 2e-3
+#: so random inputs are checked only against Muon's polar factor (named inputs: the shared
+#: RIEMANNIAN_ROW_TOLERANCE of tests/reference.py).
 #: In bf16/fp16 polar arithmetic the leverage scores the balancing reads are too noisy to converge
 #: (measured max row error up to 2.6 in bf16, 0.4 in fp16; 0.87 and 0.16 with K = 16), so there only
 #: "no less uniform than Muon's polar factor in the same dtype" is checked.
