@@ -2,6 +2,7 @@
 
 from .optim import (
     Aurora,
+    DualAurora,
     Muon,
     NonFiniteGradError,
     NorMuon,
@@ -19,6 +20,7 @@ __all__ = [
     "OPTIMIZERS",
     "POLAR_BACKENDS",
     "Aurora",
+    "DualAurora",
     "Muon",
     "NonFiniteGradError",
     "NorMuon",

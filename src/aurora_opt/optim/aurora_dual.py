@@ -1,0 +1,275 @@
+"""Aurora's constrained argmax by Newton's method on its dual, without a polar factor.
+
+Problem (M tall, m > n, t = n/m): maximize ⟨M, U⟩ subject to UᵀU = I_n and ‖U_i‖² = t for every row.
+With multipliers S (n×n symmetric) and λ (one per row), the Lagrangian
+⟨M, U⟩ − ½⟨S, UᵀU − I⟩ − ½ Σ_i λ_i (‖U_i‖² − t) is concave in U where every S + λ_i I ≻ 0, and is
+maximized there by U_i = M_i (S + λ_i I)⁻¹. The dual function
+
+    d(S, λ) = ½ Σ_i M_i (S + λ_i I)⁻¹ M_iᵀ + ½ tr S + (t/2) Σ_i λ_i
+
+is convex and bounds ⟨M, U⟩ from above for every feasible U. Here it is minimized as follows.
+
+1. Row weights D (carried across optimizer steps) are balanced from the Gram matrix as in Aurora;
+   C = (D M)ᵀ D M = V diag(c) Vᵀ gives the start S = V diag(√c) Vᵀ / median(D) and, for free,
+   vanilla Aurora's point polar(D M) = D M V diag(c^{-1/2}) Vᵀ.
+2. Evaluation at S = V diag(s) Vᵀ: R = M V; per row, λ_i solves Σ_j R_ij² / (s_j + λ_i)² = t
+   (scalar Newton on f^{-1/2}, concave, from a lower bound: monotone); W_ij = 1/(s_j + λ_i),
+   Y = R ∘ W (the rows of U = Y Vᵀ have ‖U_i‖² = t), G = YᵀY. The dual's gradient in S is ½(I − G).
+3. ``newton_steps`` times: Newton's step on S with λ re-solved, L(Δ) = G − I, from ``cg_steps``
+   preconditioned conjugate-gradient iterations (see :func:`_newton_operator`); accepted only where
+   the dual does not rise.
+4. Finish: one balancing step E of the rows of Y, then U = E Y (Yᵀ E² Y)^{-1/2} Vᵀ, the polar factor
+   of E Y Vᵀ (from an n×n eigendecomposition, or from the polar backend with ``finish="polar"``).
+
+Where the dual is not tight (rows spread over several decades: at the optimum some S + λ_i I is
+indefinite) the margin min_i(λ_i + s_min) collapses. Such matrices, and any whose result is
+non-finite, has rows off by more than ``FALLBACK_ROW_ERROR`` or scores below vanilla Aurora's point,
+get vanilla Aurora's point instead, and the count of such fallbacks is added to a tensor.
+Everything runs a fixed number of iterations with masked updates: no host synchronization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .aurora import TINY, _active_mean, active_rows, gram_leverage, leverage, tall
+
+#: iterations of the scalar Newton solve for each λ_i; it starts from a lower bound of the root and
+#: increases monotonically (f^{-1/2} is concave); 8 reach fp32 round-off on every matrix measured
+ROW_SOLVE_STEPS = 8
+#: a matrix whose smallest λ_i + s_min falls below this fraction of median(λ) + mean(s) has a dual
+#: that is (nearly) not tight: its point falls back to vanilla Aurora's
+MARGIN_FLOOR = 2e-3
+#: the dual point falls back to vanilla Aurora's where max_i |‖U_i‖²/t − 1| exceeds this
+FALLBACK_ROW_ERROR = 1e-2
+#: exponent of the final row balancing step E: e_i = (t/ℓ_i)^β; the leverage of E·Y moves by about
+#: half of a small change of log e_i², so β = 0.5 is the plain Newton step
+FINISH_BETA = 0.5
+#: exponent of the Gram balancing of D (Aurora's over-relaxed step, see aurora.MODE_DEFAULTS)
+BALANCE_BETA = 0.65
+FINISH_MODES = ("eigh", "polar")
+
+
+def _frobenius(A: Tensor, B: Tensor) -> Tensor:
+    return (A * B).sum(dim=(-2, -1), keepdim=True)
+
+
+def _solve_rows(R: Tensor, s: Tensor, t: Tensor, active: Tensor) -> Tensor:
+    """μ_i > 0 with Σ_j R_ij² / (s_j + μ_i)² = t for each row: ``[B, m, 1]`` (s ≥ 0, s_min = 0).
+
+    Bounds: ‖R_i‖/√t − s_max ≤ μ_i ≤ ‖R_i‖/√t. Newton on g(μ) = f(μ)^{-1/2}, concave and increasing,
+    from the lower bound never overshoots the root. Inactive rows get μ = 1 (their R is zero).
+    """
+    R2 = R.square()
+    norm = R2.sum(dim=-1, keepdim=True).sqrt()
+    upper = norm / t.sqrt()
+    floor = 1e-7 * upper.clamp_min(TINY)  # μ = 0 is the pole of the smallest s: stay off it
+    mu = (upper - s.amax(dim=-1, keepdim=True)).clamp_min(floor)
+    for _ in range(ROW_SOLVE_STEPS):
+        W = 1 / (s + mu)
+        f = (R2 * W.square()).sum(dim=-1, keepdim=True)
+        h = (R2 * W.pow(3)).sum(dim=-1, keepdim=True)
+        mu = mu + (f.clamp_min(TINY).pow(1.5) / t.sqrt() - f) / h.clamp_min(TINY)
+        mu = torch.minimum(mu.clamp_min(floor), upper.clamp_min(floor))
+    return torch.where(active, mu, torch.ones_like(mu))
+
+
+class _Evaluation:
+    """The dual at S = V diag(s̃ + s_min) Vᵀ, shifted so that s̃_min = 0 and μ_i = λ_i + s_min."""
+
+    def __init__(self, R: Tensor, s: Tensor, t: Tensor, active: Tensor) -> None:
+        self.R, self.s = R, s
+        self.mu = _solve_rows(R, s, t, active)
+        self.W = active / (s + self.mu)
+        self.Y = R * self.W
+        self.G = self.Y.mT @ self.Y
+        # ½ Σ_ij R_ij² W_ij + ½ Σ_j s̃_j + (t/2) Σ_i μ_i (the constant shift cancels since m·t = n)
+        self.dual = 0.5 * (
+            _frobenius(R * self.W, R)
+            + s.sum(dim=-1, keepdim=True)
+            + t * (self.mu * active).sum(dim=-2, keepdim=True)
+        )
+
+
+def _newton_operator(E: _Evaluation) -> Callable[[Tensor], Tensor]:
+    """Δ ↦ L(Δ), minus the derivative of G along S + Δ with each λ_i moved to keep ‖U_i‖² = t.
+
+    A1 = YΔ, c_i = ⟨A1_i ∘ W_i, Y_i⟩ / ⟨W_i, Y_i²⟩, B = ((A1 − c∘Y) ∘ W)ᵀ Y, L(Δ) = B + Bᵀ: the dual's
+    Hessian in S (symmetric positive semi-definite; S + cI with λ − c is its null direction).
+    """
+    Y, W = E.Y, E.W
+    denominator = (W * Y.square()).sum(dim=-1, keepdim=True).clamp_min(TINY)
+
+    def apply(delta: Tensor) -> Tensor:
+        A1 = Y @ delta
+        c = (A1 * W * Y).sum(dim=-1, keepdim=True) / denominator
+        B = ((A1 - c * Y) * W).mT @ Y
+        return B + B.mT
+
+    return apply
+
+
+def _newton_direction(E: _Evaluation, cg_steps: int) -> Tensor:
+    """Δ from ``cg_steps`` preconditioned CG iterations on L(Δ) = G − I (diagonal preconditioner
+    A + Aᵀ, A = Wᵀ(Y∘Y), the diagonal of L without the λ coupling)."""
+    apply = _newton_operator(E)
+    A = E.W.mT @ E.Y.square()
+    precondition = 1 / (A + A.mT).clamp_min(TINY)
+    eye = torch.eye(E.G.size(-1), dtype=E.G.dtype, device=E.G.device)
+    delta = torch.zeros_like(E.G)
+    residual = E.G - eye
+    z = precondition * residual
+    p = z
+    rz = _frobenius(residual, z)
+    for _ in range(cg_steps):
+        Lp = apply(p)
+        alpha = rz / _frobenius(p, Lp).clamp_min(TINY)
+        delta = delta + alpha * p
+        residual = residual - alpha * Lp
+        z = precondition * residual
+        rz_new = _frobenius(residual, z)
+        p = z + (rz_new / rz.clamp_min(TINY)) * p
+        rz = rz_new
+    return delta
+
+
+def _inverse_sqrt(H: Tensor, ridge: float) -> Tensor:
+    """H^{-1/2} of symmetric positive (semi-)definite H [B, n, n], eigenvalues floored at ridge·tr H."""
+    h, Q = torch.linalg.eigh(H)
+    floor = ridge * h.sum(dim=-1, keepdim=True).clamp_min(TINY)
+    return (Q * h.clamp_min(floor).rsqrt().unsqueeze(-2)) @ Q.mT
+
+
+#: relative eigenvalue floor of the Gram matrices (as aurora.GRAM_RIDGE)
+RIDGE = {torch.float32: 1e-7, torch.float64: 1e-15}
+#: a Newton step is accepted unless the dual rises by more than this fraction: the rounding error of
+#: a sum of m·n positive terms (fp32: measured changes of ±3e-7 at 1024×256 that are noise)
+DUAL_ROUNDOFF = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def dual_aurora_tall(
+    X: Tensor,
+    *,
+    orthogonalize: Callable[[Tensor], Tensor],
+    scaling: Tensor | None,
+    fallbacks: Tensor | None,
+    balance_steps: int,
+    newton_steps: int,
+    cg_steps: int,
+    eps: float,
+    finish: str = "eigh",
+) -> Tensor:
+    """The dual-Newton direction for a tall X [B, m, n] (m > n), in X's dtype (fp32 or float64).
+
+    ``scaling`` [B, m]: the row weights r = D·‖X_i‖ of the last step (1 = cold start), overwritten.
+    ``fallbacks`` [B]: incremented where vanilla Aurora's point is returned instead.
+    """
+    dtype = X.dtype
+    ridge = RIDGE.get(dtype, RIDGE[torch.float32])
+    active = active_rows(X, eps)
+    X = X * active
+    t = X.size(-1) / active.sum(dim=-2, keepdim=True).clamp_min(1).to(dtype)
+    norms = X.norm(dim=-1, keepdim=True)
+    start = torch.ones_like(norms)
+    if scaling is not None:
+        previous = scaling.to(dtype).unsqueeze(-1)
+        start = torch.where(previous > 0, previous, start)
+    D = start * active / norms.clamp_min(TINY)
+    for _ in range(balance_steps):
+        lev = gram_leverage(X, D)
+        D = D * (_active_mean(lev, active) / lev.clamp_min(TINY)).pow(BALANCE_BETA) * active
+        D = D / D.amax(dim=-2, keepdim=True).clamp_min(TINY)
+    if scaling is not None:
+        r = D * norms
+        scaling.copy_((r / _active_mean(r, active).clamp_min(TINY)).squeeze(-1))
+
+    # S = C^{1/2} / median(D) and vanilla Aurora's point polar(D X), from one eigendecomposition of C
+    DX = D * X
+    c, V = torch.linalg.eigh(DX.mT @ DX)
+    c = c.clamp_min(ridge * c.sum(dim=-1, keepdim=True).clamp_min(TINY))
+    vanilla = (DX @ V) * c.rsqrt().unsqueeze(-2) @ V.mT
+    del DX
+    d_median = torch.where(active, D, torch.nan).nanmedian(dim=-2, keepdim=True).values.clamp_min(TINY)
+    s = c.sqrt() / d_median.squeeze(-1)
+    E = _Evaluation(X @ V, s - s[..., :1], t, active)
+
+    for _ in range(newton_steps):
+        delta = _newton_direction(E, cg_steps)
+        s_new, Q = torch.linalg.eigh(torch.diag_embed(E.s) + delta)
+        candidate = _Evaluation(E.R @ Q, s_new - s_new[..., :1], t, active)
+        # [B, 1, 1]; a dual that rises by more than round-off means the step overshot
+        better = candidate.dual <= E.dual * (1 + DUAL_ROUNDOFF[dtype])
+        V = torch.where(better, V @ Q, V)
+        for name in ("R", "mu", "W", "Y", "G", "dual"):
+            setattr(E, name, torch.where(better, getattr(candidate, name), getattr(E, name)))
+        E.s = torch.where(better.squeeze(-1), candidate.s, E.s)
+
+    # finish: one balancing step of the rows of Y, then the polar factor of E·Y·Vᵀ
+    G_chol, _ = torch.linalg.cholesky_ex(E.G + ridge * E.G.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+                                         * torch.eye(E.G.size(-1), dtype=dtype, device=X.device))
+    lev_Y = torch.linalg.solve_triangular(G_chol, E.Y.mT, upper=False).square().sum(dim=-2).unsqueeze(-1)
+    EY = E.Y * (t / lev_Y.clamp_min(TINY)).pow(FINISH_BETA) * active
+    if finish == "polar":
+        U = orthogonalize(EY @ V.mT)
+    else:
+        U = EY @ (_inverse_sqrt(EY.mT @ EY, ridge) @ V.mT)
+
+    # safeguards: the margin of the dual, finiteness, the rows, and the objective against vanilla's
+    s_mean = E.s.mean(dim=-1, keepdim=True).unsqueeze(-1)
+    mu_median = torch.where(active, E.mu, torch.nan).nanmedian(dim=-2, keepdim=True).values
+    margin = torch.where(active, E.mu, torch.inf).amin(dim=-2, keepdim=True) / (mu_median + s_mean).clamp_min(TINY)
+    row_error = ((leverage(U) / t - 1).abs() * active).amax(dim=-2, keepdim=True)
+    ok = (
+        (margin >= MARGIN_FLOOR)
+        & (row_error <= FALLBACK_ROW_ERROR)
+        & (_frobenius(X, U) >= _frobenius(X, vanilla))
+        & U.isfinite().all(dim=-1, keepdim=True).all(dim=-2, keepdim=True)
+    )
+    if fallbacks is not None:
+        fallbacks.add_((~ok).reshape(fallbacks.shape).to(fallbacks.dtype))
+    return torch.where(ok, U, vanilla) * active
+
+
+def dual_aurora_direction(
+    M: Tensor,
+    *,
+    orthogonalize: Callable[[Tensor], Tensor],
+    scaling: Tensor | None = None,
+    fallbacks: Tensor | None = None,
+    balance_steps: int = 2,
+    newton_steps: int = 1,
+    cg_steps: int = 2,
+    eps: float = 1e-7,
+    finish: str = "eigh",
+) -> Tensor:
+    """Aurora's constrained argmax for momentum matrices M [B, m, n] by dual Newton (module docstring).
+
+    Square: polar(M). Wide: the tall rule on Mᵀ, transposed back. The multipliers are computed in
+    float64 for float64 M and in fp32 otherwise; ``orthogonalize`` (any polar backend and dtype, bf16
+    included) is used only with ``finish="polar"``. ``scaling`` [B, max(m, n)] is the warm start of
+    the row weights (updated in place); ``fallbacks`` [B] counts the matrices that got vanilla
+    Aurora's point because the dual scheme could not certify its own.
+    """
+    if finish not in FINISH_MODES:
+        raise ValueError(f"invalid finish: {finish!r} (expected one of {FINISH_MODES})")
+    if M.size(-2) == M.size(-1):
+        return orthogonalize(M)
+    X, transposed = tall(M)
+    work_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
+    Xw = X.to(work_dtype)
+    Xw = Xw / torch.linalg.matrix_norm(Xw, keepdim=True).clamp_min(TINY)
+    U = dual_aurora_tall(
+        Xw,
+        orthogonalize=orthogonalize,
+        scaling=scaling,
+        fallbacks=fallbacks,
+        balance_steps=balance_steps,
+        newton_steps=newton_steps,
+        cg_steps=cg_steps,
+        eps=eps,
+        finish=finish,
+    ).to(M.dtype)
+    return U.mT if transposed else U
