@@ -58,7 +58,7 @@ def _frobenius(A: Tensor, B: Tensor) -> Tensor:
 
 
 def _solve_rows(R: Tensor, s: Tensor, t: Tensor, active: Tensor) -> Tensor:
-    """μ_i > 0 with Σ_j R_ij² / (s_j + μ_i)² = t for each row: ``[B, m, 1]`` (s ≥ 0, s_min = 0).
+    """μ_i > 0 with Σ_j R_ij² / (s_j + μ_i)² = t for each row: ``[B, m, 1]`` (s [B, 1, n] ≥ 0, s_min = 0).
 
     Bounds: ‖R_i‖/√t − s_max ≤ μ_i ≤ ‖R_i‖/√t. Newton on g(μ) = f(μ)^{-1/2}, concave and increasing,
     from the lower bound never overshoots the root. Inactive rows get μ = 1 (their R is zero).
@@ -136,9 +136,15 @@ def _newton_direction(E: _Evaluation, cg_steps: int) -> Tensor:
     return delta
 
 
+def _finite_or(A: Tensor, fill: Tensor | float) -> Tensor:
+    """A where all of its matrix is finite, else ``fill`` (an eigendecomposition raises on NaN)."""
+    return torch.where(A.isfinite().all(dim=-1, keepdim=True).all(dim=-2, keepdim=True), A, fill)
+
+
 def _inverse_sqrt(H: Tensor, ridge: float) -> Tensor:
     """H^{-1/2} of symmetric positive (semi-)definite H [B, n, n], eigenvalues floored at ridge·tr H."""
-    h, Q = torch.linalg.eigh(H)
+    eye = torch.eye(H.size(-1), dtype=H.dtype, device=H.device)
+    h, Q = torch.linalg.eigh(_finite_or(H, eye))
     floor = ridge * h.sum(dim=-1, keepdim=True).clamp_min(TINY)
     return (Q * h.clamp_min(floor).rsqrt().unsqueeze(-2)) @ Q.mT
 
@@ -188,37 +194,41 @@ def dual_aurora_tall(
 
     # S = C^{1/2} / median(D) and vanilla Aurora's point polar(D X), from one eigendecomposition of C
     DX = D * X
-    c, V = torch.linalg.eigh(DX.mT @ DX)
+    eye = torch.eye(X.size(-1), dtype=dtype, device=X.device)
+    c, V = torch.linalg.eigh(_finite_or(DX.mT @ DX, eye))
     c = c.clamp_min(ridge * c.sum(dim=-1, keepdim=True).clamp_min(TINY))
     vanilla = (DX @ V) * c.rsqrt().unsqueeze(-2) @ V.mT
     del DX
-    d_median = torch.where(active, D, torch.nan).nanmedian(dim=-2, keepdim=True).values.clamp_min(TINY)
-    s = c.sqrt() / d_median.squeeze(-1)
+    d_median = torch.where(active, D, torch.nan).nanmedian(dim=-2, keepdim=True).values
+    d_median = torch.nan_to_num(d_median, nan=1.0).clamp_min(TINY)  # nan: no active row
+    s = c.sqrt().unsqueeze(-2) / d_median  # [B, 1, n]
     E = _Evaluation(X @ V, s - s[..., :1], t, active)
 
     for _ in range(newton_steps):
         delta = _newton_direction(E, cg_steps)
-        s_new, Q = torch.linalg.eigh(torch.diag_embed(E.s) + delta)
-        candidate = _Evaluation(E.R @ Q, s_new - s_new[..., :1], t, active)
+        delta = _finite_or(delta, 0.0)
+        s_new, Q = torch.linalg.eigh(torch.diag_embed(E.s.squeeze(-2)) + delta)
+        candidate = _Evaluation(E.R @ Q, (s_new - s_new[..., :1]).unsqueeze(-2), t, active)
         # [B, 1, 1]; a dual that rises by more than round-off means the step overshot
         better = candidate.dual <= E.dual * (1 + DUAL_ROUNDOFF[dtype])
         V = torch.where(better, V @ Q, V)
         for name in ("R", "mu", "W", "Y", "G", "dual"):
             setattr(E, name, torch.where(better, getattr(candidate, name), getattr(E, name)))
-        E.s = torch.where(better.squeeze(-1), candidate.s, E.s)
+        E.s = torch.where(better, candidate.s, E.s)
 
     # finish: one balancing step of the rows of Y, then the polar factor of E·Y·Vᵀ
-    G_chol, _ = torch.linalg.cholesky_ex(E.G + ridge * E.G.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
-                                         * torch.eye(E.G.size(-1), dtype=dtype, device=X.device))
+    trace = E.G.diagonal(dim1=-2, dim2=-1).sum(dim=-1)[..., None, None]
+    G_chol, _ = torch.linalg.cholesky_ex(_finite_or(E.G + ridge * trace * eye, eye))
     lev_Y = torch.linalg.solve_triangular(G_chol, E.Y.mT, upper=False).square().sum(dim=-2).unsqueeze(-1)
-    EY = E.Y * (t / lev_Y.clamp_min(TINY)).pow(FINISH_BETA) * active
+    balance = torch.nan_to_num((t / lev_Y.clamp_min(TINY)).pow(FINISH_BETA), nan=1.0, posinf=1.0)
+    EY = E.Y * balance * active
     if finish == "polar":
         U = orthogonalize(EY @ V.mT)
     else:
         U = EY @ (_inverse_sqrt(EY.mT @ EY, ridge) @ V.mT)
 
     # safeguards: the margin of the dual, finiteness, the rows, and the objective against vanilla's
-    s_mean = E.s.mean(dim=-1, keepdim=True).unsqueeze(-1)
+    s_mean = E.s.mean(dim=-1, keepdim=True)
     mu_median = torch.where(active, E.mu, torch.nan).nanmedian(dim=-2, keepdim=True).values
     margin = torch.where(active, E.mu, torch.inf).amin(dim=-2, keepdim=True) / (mu_median + s_mean).clamp_min(TINY)
     row_error = ((leverage(U) / t - 1).abs() * active).amax(dim=-2, keepdim=True)
@@ -228,8 +238,8 @@ def dual_aurora_tall(
         & (_frobenius(X, U) >= _frobenius(X, vanilla))
         & U.isfinite().all(dim=-1, keepdim=True).all(dim=-2, keepdim=True)
     )
-    if fallbacks is not None:
-        fallbacks.add_((~ok).reshape(fallbacks.shape).to(fallbacks.dtype))
+    if fallbacks is not None:  # a matrix without active rows is zero either way
+        fallbacks.add_((~ok & active.any(dim=-2, keepdim=True)).reshape(fallbacks.shape).to(fallbacks.dtype))
     return torch.where(ok, U, vanilla) * active
 
 
