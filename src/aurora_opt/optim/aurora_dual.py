@@ -19,7 +19,7 @@ is convex and bounds ⟨M, U⟩ from above for every feasible U. Here it is mini
    preconditioned conjugate-gradient iterations (see :func:`_newton_operator`); accepted only where
    the dual does not rise.
 4. Finish: one balancing step E of the rows of Y, then U = E Y (Yᵀ E² Y)^{-1/2} Vᵀ, the polar factor
-   of E Y Vᵀ (from an n×n eigendecomposition, or from the polar backend with ``finish="polar"``).
+   of E Y Vᵀ from an n×n eigendecomposition. No polar factor of an m×n matrix is computed.
 
 Where the dual is not tight (rows spread over several decades: at the optimum some S + λ_i I is
 indefinite) the margin min_i(λ_i + s_min) collapses. Such matrices, and any whose result is
@@ -50,7 +50,6 @@ FALLBACK_ROW_ERROR = 1e-2
 FINISH_BETA = 0.5
 #: exponent of the Gram balancing of D (Aurora's over-relaxed step, see aurora.MODE_DEFAULTS)
 BALANCE_BETA = 0.65
-FINISH_MODES = ("eigh", "polar")
 
 
 def _frobenius(A: Tensor, B: Tensor) -> Tensor:
@@ -159,14 +158,12 @@ DUAL_ROUNDOFF = {torch.float32: 1e-5, torch.float64: 1e-12}
 def dual_aurora_tall(
     X: Tensor,
     *,
-    orthogonalize: Callable[[Tensor], Tensor],
     scaling: Tensor | None,
     fallbacks: Tensor | None,
     balance_steps: int,
     newton_steps: int,
     cg_steps: int,
     eps: float,
-    finish: str = "eigh",
 ) -> Tensor:
     """The dual-Newton direction for a tall X [B, m, n] (m > n), in X's dtype (fp32 or float64).
 
@@ -222,10 +219,7 @@ def dual_aurora_tall(
     lev_Y = torch.linalg.solve_triangular(G_chol, E.Y.mT, upper=False).square().sum(dim=-2).unsqueeze(-1)
     balance = torch.nan_to_num((t / lev_Y.clamp_min(TINY)).pow(FINISH_BETA), nan=1.0, posinf=1.0)
     EY = E.Y * balance * active
-    if finish == "polar":
-        U = orthogonalize(EY @ V.mT)
-    else:
-        U = EY @ (_inverse_sqrt(EY.mT @ EY, ridge) @ V.mT)
+    U = EY @ (_inverse_sqrt(EY.mT @ EY, ridge) @ V.mT)
 
     # safeguards: the margin of the dual, finiteness, the rows, and the objective against vanilla's
     s_mean = E.s.mean(dim=-1, keepdim=True)
@@ -253,18 +247,15 @@ def dual_aurora_direction(
     newton_steps: int = 1,
     cg_steps: int = 2,
     eps: float = 1e-7,
-    finish: str = "eigh",
 ) -> Tensor:
     """Aurora's constrained argmax for momentum matrices M [B, m, n] by dual Newton (module docstring).
 
     Square: polar(M). Wide: the tall rule on Mᵀ, transposed back. The multipliers are computed in
-    float64 for float64 M and in fp32 otherwise; ``orthogonalize`` (any polar backend and dtype, bf16
-    included) is used only with ``finish="polar"``. ``scaling`` [B, max(m, n)] is the warm start of
-    the row weights (updated in place); ``fallbacks`` [B] counts the matrices that got vanilla
-    Aurora's point because the dual scheme could not certify its own.
+    float64 for float64 M and in fp32 otherwise, whatever the polar backend and its dtype (bf16
+    included): ``orthogonalize`` serves square matrices only. ``scaling`` [B, max(m, n)] is the
+    warm start of the row weights (updated in place); ``fallbacks`` [B] counts the matrices that
+    got vanilla Aurora's point because the dual scheme could not certify its own.
     """
-    if finish not in FINISH_MODES:
-        raise ValueError(f"invalid finish: {finish!r} (expected one of {FINISH_MODES})")
     if M.size(-2) == M.size(-1):
         return orthogonalize(M)
     X, transposed = tall(M)
@@ -273,13 +264,11 @@ def dual_aurora_direction(
     Xw = Xw / torch.linalg.matrix_norm(Xw, keepdim=True).clamp_min(TINY)
     U = dual_aurora_tall(
         Xw,
-        orthogonalize=orthogonalize,
         scaling=scaling,
         fallbacks=fallbacks,
         balance_steps=balance_steps,
         newton_steps=newton_steps,
         cg_steps=cg_steps,
         eps=eps,
-        finish=finish,
     ).to(M.dtype)
     return U.mT if transposed else U

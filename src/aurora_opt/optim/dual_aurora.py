@@ -9,7 +9,7 @@ from torch.optim.optimizer import ParamsT
 
 from ._spectral import SpectralOptimizer, _check_int, spectral_kwargs_doc
 from .aurora import as_batch_shape
-from .aurora_dual import FINISH_MODES, dual_aurora_direction
+from .aurora_dual import dual_aurora_direction
 
 
 class DualAurora(SpectralOptimizer):
@@ -26,11 +26,8 @@ class DualAurora(SpectralOptimizer):
         balance_steps: int = 2,
         newton_steps: int = 1,
         cg_steps: int = 2,
-        finish: str = "eigh",
         **kwargs: Any,
     ) -> None:
-        if finish not in FINISH_MODES:
-            raise ValueError(f"invalid finish: {finish!r} (expected one of {FINISH_MODES})")
         super().__init__(
             params,
             lr=lr,
@@ -39,7 +36,6 @@ class DualAurora(SpectralOptimizer):
                 "balance_steps": balance_steps,
                 "newton_steps": newton_steps,
                 "cg_steps": cg_steps,
-                "finish": finish,
             },
             **kwargs,
         )
@@ -48,8 +44,6 @@ class DualAurora(SpectralOptimizer):
         _check_int("balance_steps", group["balance_steps"], 0)
         _check_int("newton_steps", group["newton_steps"], 0)
         _check_int("cg_steps", group["cg_steps"], 1)
-        if group["finish"] not in FINISH_MODES:
-            raise ValueError(f"invalid finish: {group['finish']!r} (expected one of {FINISH_MODES})")
 
     def _init_state(self, p, state, group):
         super()._init_state(p, state, group)
@@ -70,7 +64,6 @@ class DualAurora(SpectralOptimizer):
             newton_steps=group["newton_steps"],
             cg_steps=group["cg_steps"],
             eps=group["eps"],
-            finish=group["finish"],
         )
 
     def fallback_count(self) -> int:
@@ -86,8 +79,8 @@ DualAurora.__doc__ = rf"""Dual Aurora: Aurora's constrained argmax from Newton's
     (n/2m) Σ λ_i over S (``newton_steps`` Newton steps, ``cg_steps`` CG iterations each) with each λ_i
     solved exactly, started from Aurora's Gram-balanced row weights (``balance_steps`` Gram steps
     from last step's weights, ``state["dual_scaling"]``), and finished by U = polar(E·M(S + Λ)⁻¹)
-    with one row-balancing step E. No polar factor with ``finish="eigh"`` (the default: n×n
-    eigendecompositions instead); ``finish="polar"`` takes the last one from the polar backend.
+    with one row-balancing step E, computed from an n×n eigendecomposition: no m×n polar factor
+    (three n×n eigendecompositions per step instead; the polar backend serves square matrices).
     Where the dual is not tight (row norms spread over several decades) or the result is not
     certified better than vanilla Aurora's point, that point is used and
     ``state["dual_fallbacks"]`` (one count per matrix) goes up; :meth:`fallback_count` sums them.
@@ -97,5 +90,4 @@ DualAurora.__doc__ = rf"""Dual Aurora: Aurora's constrained argmax from Newton's
         balance_steps (int): Gram balancing steps of the row weights per step (default: 2).
         newton_steps (int): Newton steps on the dual per step (default: 1).
         cg_steps (int): preconditioned CG iterations per Newton step (default: 2).
-        finish (str): ``"eigh"`` (default) or ``"polar"``: how the final polar factor is computed.
 """
