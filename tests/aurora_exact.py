@@ -52,10 +52,12 @@ def exact_optimum(M: Tensor, *, iterations: int = 100) -> Optimum:
         value = 0.5 * (u * M).sum() + 0.5 * S.trace() + 0.5 * t * lam.sum()
         return value, inverse, u, shifted.min()
 
-    # start: S = (MᵀM)^{1/2} (λ = 0 would give U = polar(M)), and for each row the λ_i that makes
-    # ‖U_i‖² = t, by bisection on (−s_min, ‖M_i‖/√t − s_min]
-    w, Q = torch.linalg.eigh(M.mT @ M)
-    s = w.clamp_min(0).sqrt()
+    # start: S = (Mᵀ D² M)^{1/2} / median(D) with D = diag(1/‖M_i‖) (D = I would give U = polar(M) at
+    # λ = 0; rows of equal weight start closer when a few rows dominate), and for each row the λ_i
+    # that makes ‖U_i‖² = t, by bisection on (−s_min, ‖M_i‖/√t − s_min]
+    D = 1 / M.norm(dim=-1, keepdim=True)
+    w, Q = torch.linalg.eigh((D * M).mT @ (D * M))
+    s = w.clamp_min(0).sqrt() / D.median()
     S = (Q * s) @ Q.mT
     R2 = (M @ Q).square()
     low = torch.full((m,), -float(s[0]), dtype=M.dtype)
