@@ -17,7 +17,7 @@ is convex and bounds ⟨M, U⟩ from above for every feasible U. Here it is mini
    Y = R ∘ W (the rows of U = Y Vᵀ have ‖U_i‖² = t), G = YᵀY. The dual's gradient in S is ½(I − G).
 3. ``newton_steps`` times: Newton's step on S with λ re-solved, L(Δ) = G − I, from ``cg_steps``
    preconditioned conjugate-gradient iterations (see :func:`_newton_operator`); accepted only where
-   the dual does not rise.
+   the dual does not rise, and after a rejected step the next one is half as long.
 4. Finish: one balancing step E of the rows of Y, then U = E Y (Yᵀ E² Y)^{-1/2} Vᵀ, the polar factor
    of E Y Vᵀ from an n×n eigendecomposition. No polar factor of an m×n matrix is computed.
 
@@ -35,11 +35,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .aurora import TINY, _active_mean, active_rows, gram_leverage, leverage, tall
+from ._spectral import host_syncs_allowed
+from .aurora import TINY, _active_mean, active_rows, leverage, tall
 
-#: iterations of the scalar Newton solve for each λ_i; it starts from a lower bound of the root and
-#: increases monotonically (f^{-1/2} is concave); 8 reach fp32 round-off on every matrix measured
-ROW_SOLVE_STEPS = 8
+#: iterations of the scalar Newton solve for each λ_i from a cold start (a lower bound of the root,
+#: from which it increases monotonically: f^{-1/2} is concave) and from the last evaluation's λ
+#: (after a Newton step on S); the final balancing step corrects what is left of the rows
+ROW_SOLVE_STEPS = 6
+ROW_RESOLVE_STEPS = 3
 #: a matrix whose smallest λ_i + s_min falls below this fraction of median(λ) + mean(s) has a dual
 #: that is (nearly) not tight: its point falls back to vanilla Aurora's
 MARGIN_FLOOR = 2e-3
@@ -56,32 +59,36 @@ def _frobenius(A: Tensor, B: Tensor) -> Tensor:
     return (A * B).sum(dim=(-2, -1), keepdim=True)
 
 
-def _solve_rows(R: Tensor, s: Tensor, t: Tensor, active: Tensor) -> Tensor:
+def _solve_rows(R: Tensor, s: Tensor, t: Tensor, active: Tensor, start: Tensor | None, steps: int) -> Tensor:
     """μ_i > 0 with Σ_j R_ij² / (s_j + μ_i)² = t for each row: ``[B, m, 1]`` (s [B, 1, n] ≥ 0, s_min = 0).
 
     Bounds: ‖R_i‖/√t − s_max ≤ μ_i ≤ ‖R_i‖/√t. Newton on g(μ) = f(μ)^{-1/2}, concave and increasing,
-    from the lower bound never overshoots the root. Inactive rows get μ = 1 (their R is zero).
+    from the lower bound never overshoots the root; from ``start`` (clamped to the bounds) it may
+    overshoot once, to the left. Inactive rows get μ = 1 (their R is zero).
     """
     R2 = R.square()
     norm = R2.sum(dim=-1, keepdim=True).sqrt()
     upper = norm / t.sqrt()
     floor = 1e-7 * upper.clamp_min(TINY)  # μ = 0 is the pole of the smallest s: stay off it
-    mu = (upper - s.amax(dim=-1, keepdim=True)).clamp_min(floor)
-    for _ in range(ROW_SOLVE_STEPS):
-        W = 1 / (s + mu)
-        f = (R2 * W.square()).sum(dim=-1, keepdim=True)
-        h = (R2 * W.pow(3)).sum(dim=-1, keepdim=True)
+    lower = (upper - s.amax(dim=-1, keepdim=True)).clamp_min(floor)
+    upper = upper.clamp_min(floor)
+    mu = lower if start is None else torch.minimum(torch.maximum(start, lower), upper)
+    for _ in range(steps):
+        W = (s + mu).reciprocal_()
+        RW2 = R2 * W.square()
+        f = RW2.sum(dim=-1, keepdim=True)
+        h = (RW2.mul_(W)).sum(dim=-1, keepdim=True)
         mu = mu + (f.clamp_min(TINY).pow(1.5) / t.sqrt() - f) / h.clamp_min(TINY)
-        mu = torch.minimum(mu.clamp_min(floor), upper.clamp_min(floor))
+        mu = torch.minimum(torch.maximum(mu, lower), upper)
     return torch.where(active, mu, torch.ones_like(mu))
 
 
 class _Evaluation:
     """The dual at S = V diag(s̃ + s_min) Vᵀ, shifted so that s̃_min = 0 and μ_i = λ_i + s_min."""
 
-    def __init__(self, R: Tensor, s: Tensor, t: Tensor, active: Tensor) -> None:
+    def __init__(self, R: Tensor, s: Tensor, t: Tensor, active: Tensor, start: Tensor | None, steps: int) -> None:
         self.R, self.s = R, s
-        self.mu = _solve_rows(R, s, t, active)
+        self.mu = _solve_rows(R, s, t, active, start, steps)
         self.W = active / (s + self.mu)
         self.Y = R * self.W
         self.G = self.Y.mT @ self.Y
@@ -140,6 +147,20 @@ def _finite_or(A: Tensor, fill: Tensor | float) -> Tensor:
     return torch.where(A.isfinite().all(dim=-1, keepdim=True).all(dim=-2, keepdim=True), A, fill)
 
 
+def _inverse_gram(C: Tensor, ridge: float) -> Tensor:
+    """(C + ridge·tr(C)·I)⁻¹ [B, n, n] of a Gram matrix C by Cholesky; NaN where it fails."""
+    trace = C.diagonal(dim1=-2, dim2=-1).sum(dim=-1)[..., None, None]
+    eye = torch.eye(C.size(-1), dtype=C.dtype, device=C.device)
+    L, info = torch.linalg.cholesky_ex(_finite_or(C + ridge * trace.clamp_min(TINY) * eye, eye))
+    return torch.where((info > 0)[..., None, None], torch.nan, torch.cholesky_inverse(L))
+
+
+def _gram_leverage(X: Tensor, D: Tensor, ridge: float) -> Tensor:
+    """Leverage scores of D·X [B, m, 1]: ℓ_i = d_i² X_i (Xᵀ D² X)⁻¹ X_iᵀ (NaN where Cholesky fails)."""
+    DX = D * X
+    return ((X @ _inverse_gram(DX.mT @ DX, ridge)) * X).sum(dim=-1, keepdim=True) * D.square()
+
+
 def _inverse_sqrt(H: Tensor, ridge: float) -> Tensor:
     """H^{-1/2} of symmetric positive (semi-)definite H [B, n, n], eigenvalues floored at ridge·tr H."""
     eye = torch.eye(H.size(-1), dtype=H.dtype, device=H.device)
@@ -164,11 +185,13 @@ def dual_aurora_tall(
     newton_steps: int,
     cg_steps: int,
     eps: float,
+    row_steps: tuple[int, int] = (ROW_SOLVE_STEPS, ROW_RESOLVE_STEPS),
 ) -> Tensor:
     """The dual-Newton direction for a tall X [B, m, n] (m > n), in X's dtype (fp32 or float64).
 
     ``scaling`` [B, m]: the row weights r = D·‖X_i‖ of the last step (1 = cold start), overwritten.
     ``fallbacks`` [B]: incremented where vanilla Aurora's point is returned instead.
+    ``row_steps``: Newton iterations of each λ_i solve, from the lower bound and after a Newton step.
     """
     dtype = X.dtype
     ridge = RIDGE.get(dtype, RIDGE[torch.float32])
@@ -182,41 +205,47 @@ def dual_aurora_tall(
         start = torch.where(previous > 0, previous, start)
     D = start * active / norms.clamp_min(TINY)
     for _ in range(balance_steps):
-        lev = gram_leverage(X, D)
-        D = D * (_active_mean(lev, active) / lev.clamp_min(TINY)).pow(BALANCE_BETA) * active
+        lev = _gram_leverage(X, D, ridge)
+        step = (_active_mean(lev, active) / lev.clamp_min(TINY)).pow(BALANCE_BETA)
+        D = D * torch.nan_to_num(step, nan=1.0, posinf=1.0) * active
         D = D / D.amax(dim=-2, keepdim=True).clamp_min(TINY)
-    if scaling is not None:
-        r = D * norms
-        scaling.copy_((r / _active_mean(r, active).clamp_min(TINY)).squeeze(-1))
 
     # S = C^{1/2} / median(D) and vanilla Aurora's point polar(D X), from one eigendecomposition of C
     DX = D * X
     eye = torch.eye(X.size(-1), dtype=dtype, device=X.device)
     c, V = torch.linalg.eigh(_finite_or(DX.mT @ DX, eye))
-    c = c.clamp_min(ridge * c.sum(dim=-1, keepdim=True).clamp_min(TINY))
-    vanilla = (DX @ V) * c.rsqrt().unsqueeze(-2) @ V.mT
     del DX
+    c = c.clamp_min(ridge * c.sum(dim=-1, keepdim=True).clamp_min(TINY))
+    R = X @ V
+    DRc = D * R * c.rsqrt().unsqueeze(-2)  # vanilla Aurora's point is DRc·Vᵀ
+    if scaling is not None:
+        # one more balancing step for the next optimizer step, free from the eigendecomposition:
+        # the leverage of D·X is ‖(D R c^{-1/2})_i‖²
+        lev = DRc.square().sum(dim=-1, keepdim=True)
+        step = torch.nan_to_num((_active_mean(lev, active) / lev.clamp_min(TINY)).pow(BALANCE_BETA), nan=1.0)
+        r = D * step * active * norms
+        scaling.copy_((r / _active_mean(r, active).clamp_min(TINY)).squeeze(-1))
     d_median = torch.where(active, D, torch.nan).nanmedian(dim=-2, keepdim=True).values
     d_median = torch.nan_to_num(d_median, nan=1.0).clamp_min(TINY)  # nan: no active row
     s = c.sqrt().unsqueeze(-2) / d_median  # [B, 1, n]
-    E = _Evaluation(X @ V, s - s[..., :1], t, active)
+    E = _Evaluation(R, s - s[..., :1], t, active, None, row_steps[0])
+    V_start = V
 
+    step_size = torch.ones_like(E.dual)
     for _ in range(newton_steps):
-        delta = _newton_direction(E, cg_steps)
-        delta = _finite_or(delta, 0.0)
+        delta = step_size * _finite_or(_newton_direction(E, cg_steps), 0.0)
         s_new, Q = torch.linalg.eigh(torch.diag_embed(E.s.squeeze(-2)) + delta)
-        candidate = _Evaluation(E.R @ Q, (s_new - s_new[..., :1]).unsqueeze(-2), t, active)
+        candidate = _Evaluation(E.R @ Q, (s_new - s_new[..., :1]).unsqueeze(-2), t, active, E.mu, row_steps[1])
         # [B, 1, 1]; a dual that rises by more than round-off means the step overshot
         better = candidate.dual <= E.dual * (1 + DUAL_ROUNDOFF[dtype])
+        step_size = torch.where(better, 1.0, 0.5 * step_size)  # damped: the next step is half as long
         V = torch.where(better, V @ Q, V)
         for name in ("R", "mu", "W", "Y", "G", "dual"):
             setattr(E, name, torch.where(better, getattr(candidate, name), getattr(E, name)))
         E.s = torch.where(better, candidate.s, E.s)
 
     # finish: one balancing step of the rows of Y, then the polar factor of E·Y·Vᵀ
-    trace = E.G.diagonal(dim1=-2, dim2=-1).sum(dim=-1)[..., None, None]
-    G_chol, _ = torch.linalg.cholesky_ex(_finite_or(E.G + ridge * trace * eye, eye))
-    lev_Y = torch.linalg.solve_triangular(G_chol, E.Y.mT, upper=False).square().sum(dim=-2).unsqueeze(-1)
+    lev_Y = ((E.Y @ _inverse_gram(E.G, ridge)) * E.Y).sum(dim=-1, keepdim=True)
     balance = torch.nan_to_num((t / lev_Y.clamp_min(TINY)).pow(FINISH_BETA), nan=1.0, posinf=1.0)
     EY = E.Y * balance * active
     U = EY @ (_inverse_sqrt(EY.mT @ EY, ridge) @ V.mT)
@@ -226,15 +255,18 @@ def dual_aurora_tall(
     mu_median = torch.where(active, E.mu, torch.nan).nanmedian(dim=-2, keepdim=True).values
     margin = torch.where(active, E.mu, torch.inf).amin(dim=-2, keepdim=True) / (mu_median + s_mean).clamp_min(TINY)
     row_error = ((leverage(U) / t - 1).abs() * active).amax(dim=-2, keepdim=True)
+    vanilla_value = (DRc * R).sum(dim=(-2, -1), keepdim=True)  # ⟨X, DRc·Vᵀ⟩ = ⟨R, DRc⟩
     ok = (
         (margin >= MARGIN_FLOOR)
         & (row_error <= FALLBACK_ROW_ERROR)
-        & (_frobenius(X, U) >= _frobenius(X, vanilla))
+        & (_frobenius(X, U) >= vanilla_value)
         & U.isfinite().all(dim=-1, keepdim=True).all(dim=-2, keepdim=True)
     )
     if fallbacks is not None:  # a matrix without active rows is zero either way
         fallbacks.add_((~ok & active.any(dim=-2, keepdim=True)).reshape(fallbacks.shape).to(fallbacks.dtype))
-    return torch.where(ok, U, vanilla) * active
+    if host_syncs_allowed(ok) and bool(ok.all()):  # CPU, eager: vanilla's point is not needed
+        return U * active
+    return torch.where(ok, U, DRc @ V_start.mT) * active
 
 
 def dual_aurora_direction(
@@ -247,6 +279,7 @@ def dual_aurora_direction(
     newton_steps: int = 1,
     cg_steps: int = 2,
     eps: float = 1e-7,
+    row_steps: tuple[int, int] = (ROW_SOLVE_STEPS, ROW_RESOLVE_STEPS),
 ) -> Tensor:
     """Aurora's constrained argmax for momentum matrices M [B, m, n] by dual Newton (module docstring).
 
@@ -270,5 +303,6 @@ def dual_aurora_direction(
         newton_steps=newton_steps,
         cg_steps=cg_steps,
         eps=eps,
+        row_steps=row_steps,
     ).to(M.dtype)
     return U.mT if transposed else U
