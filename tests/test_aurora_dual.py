@@ -90,10 +90,12 @@ def drifting_momenta(m: int, n: int, steps: int, dominant: int, seed: int):
 
 @pytest.mark.parametrize("dominant", [0, 4])
 def test_warm_start_follows_a_drifting_momentum(dominant):
-    """One Newton step a step from the carried row weights, checked at the last of 12 steps."""
-    scaling, fallbacks = torch.ones(1, 64), torch.zeros(1)
+    """One Newton step a step from the carried row weights and multipliers, checked at the last of 12."""
+    scaling, multipliers, fallbacks = torch.ones(1, 64), torch.zeros(1, 64), torch.zeros(1)
     for M in drifting_momenta(64, 16, steps=12, dominant=dominant, seed=7):
-        U = dual_aurora_direction(M[None].float(), orthogonalize=FP32, scaling=scaling, fallbacks=fallbacks)
+        U = dual_aurora_direction(
+            M[None].float(), orthogonalize=FP32, scaling=scaling, multipliers=multipliers, fallbacks=fallbacks
+        )
     assert float(fallbacks) == 0
     gap, rows, orthogonality = tall_quality(M, U[0])
     assert abs(gap) < (DOMINANT_GAP if dominant else GAUSSIAN_GAP)
@@ -105,10 +107,12 @@ def test_warm_start_follows_a_drifting_momentum(dominant):
 def test_warm_start_stays_at_the_optimum_every_step(dominant):
     """Every 5th of 30 steps; a step whose reference does not certify (its damped Newton can stall
     near the boundary of S + λ_i I ≻ 0) is not compared, and at most one may be left out."""
-    scaling, fallbacks = torch.ones(1, 96), torch.zeros(1)
+    scaling, multipliers, fallbacks = torch.ones(1, 96), torch.zeros(1, 96), torch.zeros(1)
     uncertified = 0
     for step, M in enumerate(drifting_momenta(96, 24, steps=30, dominant=dominant, seed=11)):
-        U = dual_aurora_direction(M[None].float(), orthogonalize=FP32, scaling=scaling, fallbacks=fallbacks)
+        U = dual_aurora_direction(
+            M[None].float(), orthogonalize=FP32, scaling=scaling, multipliers=multipliers, fallbacks=fallbacks
+        )
         if step % 5 == 0:
             try:
                 gap, rows, orthogonality = tall_quality(M, U[0])
@@ -137,8 +141,8 @@ def test_rows_spread_over_three_decades_fall_back_to_vanilla_aurora_and_are_coun
     fallbacks = torch.zeros(2)
     U = dual_aurora_direction(torch.stack([M, healthy]), orthogonalize=svd_polar, fallbacks=fallbacks)
     assert fallbacks.tolist() == [1.0, 0.0]
-    # vanilla Aurora's point polar(D·M) with the same two Gram steps from a cold start
-    vanilla = aurora_direction(M[None], orthogonalize=svd_polar, balance_steps=2, balance_beta=0.65, eps=1e-7)
+    # vanilla Aurora's point polar(D·M) at the same row weights: a cold start, no Gram step
+    vanilla = aurora_direction(M[None], orthogonalize=svd_polar, balance_steps=0, balance_beta=0.65, eps=1e-7)
     torch.testing.assert_close(U[:1], vanilla, rtol=0, atol=1e-9)
 
 
@@ -163,4 +167,5 @@ def test_optimizer_carries_row_weights_and_counts_fallbacks_without_host_sync():
             optimizer.step()
     state = optimizer.state[W]
     assert state["dual_scaling"].shape == (1, 96) and not torch.equal(state["dual_scaling"], torch.ones(1, 96))
+    assert bool((state["dual_multipliers"] > 0).all())
     assert optimizer.fallback_count() == 0

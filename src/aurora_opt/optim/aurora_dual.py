@@ -41,8 +41,8 @@ from .aurora import TINY, _active_mean, active_rows, leverage, tall
 #: iterations of the scalar Newton solve for each λ_i from a cold start (a lower bound of the root,
 #: from which it increases monotonically: f^{-1/2} is concave) and from the last evaluation's λ
 #: (after a Newton step on S); the final balancing step corrects what is left of the rows
-ROW_SOLVE_STEPS = 6
-ROW_RESOLVE_STEPS = 3
+ROW_SOLVE_STEPS = 4
+ROW_RESOLVE_STEPS = 2
 #: a matrix whose smallest λ_i + s_min falls below this fraction of median(λ) + mean(s) has a dual
 #: that is (nearly) not tight: its point falls back to vanilla Aurora's
 MARGIN_FLOOR = 2e-3
@@ -63,8 +63,8 @@ def _solve_rows(R: Tensor, s: Tensor, t: Tensor, active: Tensor, start: Tensor |
     """μ_i > 0 with Σ_j R_ij² / (s_j + μ_i)² = t for each row: ``[B, m, 1]`` (s [B, 1, n] ≥ 0, s_min = 0).
 
     Bounds: ‖R_i‖/√t − s_max ≤ μ_i ≤ ‖R_i‖/√t. Newton on g(μ) = f(μ)^{-1/2}, concave and increasing,
-    from the lower bound never overshoots the root; from ``start`` (clamped to the bounds) it may
-    overshoot once, to the left. Inactive rows get μ = 1 (their R is zero).
+    from ``start`` (where positive) or ‖R_i‖/√t − Σ_j R_ij² s_j/‖R_i‖², clamped to the bounds; it
+    may overshoot once, to the left, and then increases monotonically to the root. Inactive rows get μ = 1 (their R is zero).
     """
     R2 = R.square()
     norm = R2.sum(dim=-1, keepdim=True).sqrt()
@@ -72,12 +72,16 @@ def _solve_rows(R: Tensor, s: Tensor, t: Tensor, active: Tensor, start: Tensor |
     floor = 1e-7 * upper.clamp_min(TINY)  # μ = 0 is the pole of the smallest s: stay off it
     lower = (upper - s.amax(dim=-1, keepdim=True)).clamp_min(floor)
     upper = upper.clamp_min(floor)
-    mu = lower if start is None else torch.minimum(torch.maximum(start, lower), upper)
+    # without a start: the root if every s_j were the R_i-weighted mean of s, within the bounds
+    guess = upper - (R2 * s).sum(dim=-1, keepdim=True) / norm.square().clamp_min(TINY)
+    if start is not None:
+        guess = torch.where(start > 0, start, guess)
+    mu = torch.minimum(torch.maximum(guess, lower), upper)
     for _ in range(steps):
         W = (s + mu).reciprocal_()
-        RW2 = R2 * W.square()
-        f = RW2.sum(dim=-1, keepdim=True)
-        h = (RW2.mul_(W)).sum(dim=-1, keepdim=True)
+        T = (R2 * W).mul_(W)
+        f = T.sum(dim=-1, keepdim=True)
+        h = T.mul_(W).sum(dim=-1, keepdim=True)
         mu = mu + (f.clamp_min(TINY).pow(1.5) / t.sqrt() - f) / h.clamp_min(TINY)
         mu = torch.minimum(torch.maximum(mu, lower), upper)
     return torch.where(active, mu, torch.ones_like(mu))
@@ -180,6 +184,7 @@ def dual_aurora_tall(
     X: Tensor,
     *,
     scaling: Tensor | None,
+    multipliers: Tensor | None,
     fallbacks: Tensor | None,
     balance_steps: int,
     newton_steps: int,
@@ -190,6 +195,8 @@ def dual_aurora_tall(
     """The dual-Newton direction for a tall X [B, m, n] (m > n), in X's dtype (fp32 or float64).
 
     ``scaling`` [B, m]: the row weights r = D·‖X_i‖ of the last step (1 = cold start), overwritten.
+    ``multipliers`` [B, m]: μ_i = λ_i + s_min at the last step's start point, where the λ solves start (0 = from
+    the lower bound), overwritten.
     ``fallbacks`` [B]: incremented where vanilla Aurora's point is returned instead.
     ``row_steps``: Newton iterations of each λ_i solve, from the lower bound and after a Newton step.
     """
@@ -218,18 +225,17 @@ def dual_aurora_tall(
     c = c.clamp_min(ridge * c.sum(dim=-1, keepdim=True).clamp_min(TINY))
     R = X @ V
     DRc = D * R * c.rsqrt().unsqueeze(-2)  # vanilla Aurora's point is DRc·Vᵀ
-    if scaling is not None:
-        # one more balancing step for the next optimizer step, free from the eigendecomposition:
-        # the leverage of D·X is ‖(D R c^{-1/2})_i‖²
-        lev = DRc.square().sum(dim=-1, keepdim=True)
+    lev = DRc.square().sum(dim=-1, keepdim=True)  # the leverage of D·X: its row norms²
+    vanilla_row_error = ((lev / t - 1).abs() * active).amax(dim=-2, keepdim=True)
+    if scaling is not None:  # one more balancing step, for the next optimizer step
         step = torch.nan_to_num((_active_mean(lev, active) / lev.clamp_min(TINY)).pow(BALANCE_BETA), nan=1.0)
         r = D * step * active * norms
         scaling.copy_((r / _active_mean(r, active).clamp_min(TINY)).squeeze(-1))
     d_median = torch.where(active, D, torch.nan).nanmedian(dim=-2, keepdim=True).values
     d_median = torch.nan_to_num(d_median, nan=1.0).clamp_min(TINY)  # nan: no active row
     s = c.sqrt().unsqueeze(-2) / d_median  # [B, 1, n]
-    E = _Evaluation(R, s - s[..., :1], t, active, None, row_steps[0])
-    V_start = V
+    E = _Evaluation(R, s - s[..., :1], t, active, None if multipliers is None else multipliers.unsqueeze(-1).to(dtype), row_steps[0])
+    V_start, mu_start = V, E.mu
 
     step_size = torch.ones_like(E.dual)
     for _ in range(newton_steps):
@@ -251,6 +257,7 @@ def dual_aurora_tall(
     U = EY @ (_inverse_sqrt(EY.mT @ EY, ridge) @ V.mT)
 
     # safeguards: the margin of the dual, finiteness, the rows, and the objective against vanilla's
+    # (where vanilla's rows are within the tolerance: an infeasible point may score higher)
     s_mean = E.s.mean(dim=-1, keepdim=True)
     mu_median = torch.where(active, E.mu, torch.nan).nanmedian(dim=-2, keepdim=True).values
     margin = torch.where(active, E.mu, torch.inf).amin(dim=-2, keepdim=True) / (mu_median + s_mean).clamp_min(TINY)
@@ -259,9 +266,12 @@ def dual_aurora_tall(
     ok = (
         (margin >= MARGIN_FLOOR)
         & (row_error <= FALLBACK_ROW_ERROR)
-        & (_frobenius(X, U) >= vanilla_value)
+        & ((_frobenius(X, U) >= vanilla_value) | (vanilla_row_error > FALLBACK_ROW_ERROR))
         & U.isfinite().all(dim=-1, keepdim=True).all(dim=-2, keepdim=True)
     )
+    if multipliers is not None:
+        # the μ of the start point S = C^{1/2}/median(D), which the next step starts from again
+        multipliers.copy_(torch.where(active & mu_start.isfinite(), mu_start, 0).squeeze(-1))
     if fallbacks is not None:  # a matrix without active rows is zero either way
         fallbacks.add_((~ok & active.any(dim=-2, keepdim=True)).reshape(fallbacks.shape).to(fallbacks.dtype))
     if host_syncs_allowed(ok) and bool(ok.all()):  # CPU, eager: vanilla's point is not needed
@@ -274,8 +284,9 @@ def dual_aurora_direction(
     *,
     orthogonalize: Callable[[Tensor], Tensor],
     scaling: Tensor | None = None,
+    multipliers: Tensor | None = None,
     fallbacks: Tensor | None = None,
-    balance_steps: int = 2,
+    balance_steps: int = 0,
     newton_steps: int = 1,
     cg_steps: int = 2,
     eps: float = 1e-7,
@@ -285,8 +296,9 @@ def dual_aurora_direction(
 
     Square: polar(M). Wide: the tall rule on Mᵀ, transposed back. The multipliers are computed in
     float64 for float64 M and in fp32 otherwise, whatever the polar backend and its dtype (bf16
-    included): ``orthogonalize`` serves square matrices only. ``scaling`` [B, max(m, n)] is the
-    warm start of the row weights (updated in place); ``fallbacks`` [B] counts the matrices that
+    included): ``orthogonalize`` serves square matrices only. ``scaling`` and ``multipliers``
+    [B, max(m, n)] are the warm starts of the row weights and of the row multipliers (updated in
+    place; ones and zeros for a cold start); ``fallbacks`` [B] counts the matrices that
     got vanilla Aurora's point because the dual scheme could not certify its own.
     """
     if M.size(-2) == M.size(-1):
@@ -298,6 +310,7 @@ def dual_aurora_direction(
     U = dual_aurora_tall(
         Xw,
         scaling=scaling,
+        multipliers=multipliers,
         fallbacks=fallbacks,
         balance_steps=balance_steps,
         newton_steps=newton_steps,

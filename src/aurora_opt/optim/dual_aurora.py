@@ -14,8 +14,8 @@ from .aurora_dual import dual_aurora_direction
 
 class DualAurora(SpectralOptimizer):
     algorithm = "dual_aurora"
-    extra_state = ("dual_scaling", "dual_fallbacks")
-    stacked_state = ("dual_scaling", "dual_fallbacks")
+    extra_state = ("dual_scaling", "dual_multipliers", "dual_fallbacks")
+    stacked_state = ("dual_scaling", "dual_multipliers", "dual_fallbacks")
 
     def __init__(
         self,
@@ -23,7 +23,7 @@ class DualAurora(SpectralOptimizer):
         lr: float = 0.02,
         weight_decay: float = 0.025,
         *,
-        balance_steps: int = 2,
+        balance_steps: int = 0,
         newton_steps: int = 1,
         cg_steps: int = 2,
         **kwargs: Any,
@@ -49,9 +49,11 @@ class DualAurora(SpectralOptimizer):
         super()._init_state(p, state, group)
         batch, m, n = as_batch_shape(p)
         if m != n:
-            # r_i = d_i·‖M_i‖ over the rows of the tall orientation (1 = cold start), and per matrix
-            # the number of steps that fell back to vanilla Aurora's point
+            # r_i = d_i·‖M_i‖ over the rows of the tall orientation (1 = cold start), the row
+            # multipliers μ_i = λ_i + s_min (0 = cold start), and per matrix the number of steps
+            # that fell back to vanilla Aurora's point
             state["dual_scaling"] = torch.ones(batch, max(m, n), dtype=torch.float32, device=p.device)
+            state["dual_multipliers"] = torch.zeros(batch, max(m, n), dtype=torch.float32, device=p.device)
             state["dual_fallbacks"] = torch.zeros(batch, dtype=torch.float32, device=p.device)
 
     def _direction(self, M, state, group, orthogonalize):
@@ -59,6 +61,7 @@ class DualAurora(SpectralOptimizer):
             M,
             orthogonalize=orthogonalize,
             scaling=state.get("dual_scaling"),
+            multipliers=state.get("dual_multipliers"),
             fallbacks=state.get("dual_fallbacks"),
             balance_steps=group["balance_steps"],
             newton_steps=group["newton_steps"],
@@ -78,7 +81,8 @@ DualAurora.__doc__ = rf"""Dual Aurora: Aurora's constrained argmax from Newton's
     ‖U_i‖² = n/m), found by minimizing the dual d(S, λ) = ½ Σ_i M_i (S + λ_i I)⁻¹ M_iᵀ + ½ tr S +
     (n/2m) Σ λ_i over S (``newton_steps`` Newton steps, ``cg_steps`` CG iterations each) with each λ_i
     solved exactly, started from Aurora's Gram-balanced row weights (``balance_steps`` Gram steps
-    from last step's weights, ``state["dual_scaling"]``), and finished by U = polar(E·M(S + Λ)⁻¹)
+    from last step's weights, ``state["dual_scaling"]``, each λ_i solve from last step's multiplier,
+    ``state["dual_multipliers"]``), and finished by U = polar(E·M(S + Λ)⁻¹)
     with one row-balancing step E, computed from an n×n eigendecomposition: no m×n polar factor
     (three n×n eigendecompositions per step instead; the polar backend serves square matrices).
     Where the dual is not tight (row norms spread over several decades) or the result is not
@@ -87,7 +91,8 @@ DualAurora.__doc__ = rf"""Dual Aurora: Aurora's constrained argmax from Newton's
     Square matrices: Muon's polar factor. Wide: the rule on Mᵀ.
 
     Args:{spectral_kwargs_doc(0.02, 0.025)}
-        balance_steps (int): Gram balancing steps of the row weights per step (default: 2).
+        balance_steps (int): Gram balancing steps of the row weights per step, besides the one
+            that comes free with the eigendecomposition (default: 0).
         newton_steps (int): Newton steps on the dual per step (default: 1).
         cg_steps (int): preconditioned CG iterations per Newton step (default: 2).
 """
