@@ -45,7 +45,8 @@ OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "muon": (Muon, {}),
     "aurora": (Aurora, {}),
     "dual_aurora": (DualAurora, {}),
-    "dual_aurora_newton2": (DualAurora, {"newton_steps": 2}),
+    "dual_aurora_newton1": (DualAurora, {"newton_steps": 1}),
+    "dual_aurora_newton1_nobalance": (DualAurora, {"newton_steps": 1, "balance_steps": 0}),
     "riemannian_aurora": (RiemannianAurora, {}),
 }
 
@@ -160,8 +161,10 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for case, result in report["cases"].items():
         lines += [
-            f"## {case} ({result['timed_steps']} timed steps; reference row error "
-            f"{result['reference_row_error']:.1e}, orthogonality {result['reference_orthogonality_error']:.1e})",
+            (
+                f"## {case} ({result['timed_steps']} timed steps; reference row error "
+                f"{result['reference_row_error']:.1e}, orthogonality {result['reference_orthogonality_error']:.1e})"
+            ),
             "",
             "| optimizer | median ms | × Muon (fastest) | gap | row error | fallbacks |",
             "|---|---:|---:|---:|---:|---:|",
