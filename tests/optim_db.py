@@ -72,4 +72,12 @@ OPTIM_DB: dict[str, OptimInfo] = {
         ],
         fast={"ascent_steps": 2, "cg_steps": 5, "balance_steps": 4},
     ),
+    "dual_aurora": OptimInfo(
+        variants=[{}, *COMMON_VARIANTS, {"newton_steps": 2, "cg_steps": 3}],
+        error_inputs=[
+            ({"balance_steps": -1}, "balance_steps"),
+            ({"newton_steps": -1}, "newton_steps"),
+            ({"cg_steps": 0}, "cg_steps"),
+        ],
+    ),
 }

@@ -3,6 +3,7 @@
 from . import diagnostics
 from .optim import (
     Aurora,
+    DualAurora,
     Muon,
     NonFiniteGradError,
     NorMuon,
@@ -20,6 +21,7 @@ __all__ = [
     "OPTIMIZERS",
     "POLAR_BACKENDS",
     "Aurora",
+    "DualAurora",
     "Muon",
     "NonFiniteGradError",
     "NorMuon",

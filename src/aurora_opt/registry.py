@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .optim import Aurora, Muon, NorMuon, RiemannianAurora, SpectralOptimizer, UNorMuon
+from .optim import Aurora, DualAurora, Muon, NorMuon, RiemannianAurora, SpectralOptimizer, UNorMuon
 
 OPTIMIZERS: dict[str, type[SpectralOptimizer]] = {
-    cls.algorithm: cls for cls in (Muon, NorMuon, UNorMuon, Aurora, RiemannianAurora)
+    cls.algorithm: cls for cls in (Muon, NorMuon, UNorMuon, Aurora, RiemannianAurora, DualAurora)
 }
 
 

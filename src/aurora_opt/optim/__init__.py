@@ -2,6 +2,8 @@
 
 from ._spectral import NonFiniteGradError, SpectralOptimizer, adjust_lr, as_matrices, lookahead_momentum, sync_free
 from .aurora import Aurora, aurora_direction, balanced_polar, row_uniformity_error
+from .aurora_dual import dual_aurora_direction
+from .dual_aurora import DualAurora
 from .muon import Muon, muon_direction
 from .normuon import NorMuon, normuon_direction
 from .riemannian_aurora import RiemannianAurora, riemannian_aurora_direction
@@ -9,6 +11,7 @@ from .unormuon import UNorMuon, unormuon_direction
 
 __all__ = [
     "Aurora",
+    "DualAurora",
     "Muon",
     "NonFiniteGradError",
     "NorMuon",
@@ -19,6 +22,7 @@ __all__ = [
     "as_matrices",
     "aurora_direction",
     "balanced_polar",
+    "dual_aurora_direction",
     "lookahead_momentum",
     "muon_direction",
     "normuon_direction",
