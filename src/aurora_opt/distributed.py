@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .matrices import matrix_shape
+
 #: ``process_group=LOCAL`` makes an optimizer step its parameters alone even when
 #: torch.distributed is initialized (e.g. independent models on each rank).
 LOCAL = "local"
@@ -79,18 +81,6 @@ def resolve_process_group(process_group: Any) -> Any | None:
             "optimizer only on the ranks of its group"
         )
     return process_group
-
-
-def matrix_shape(shape: Sequence[int]) -> tuple[int, int, int]:
-    """``(B, m, n)`` of the matrix batch a parameter of this shape is trained as.
-
-    2-D: one m×n matrix; 3-D: a stack of B matrices; 4-D and up: one (out, in·kh·kw) matrix.
-    """
-    if len(shape) == 2:
-        return 1, shape[0], shape[1]
-    if len(shape) == 3:
-        return shape[0], shape[1], shape[2]
-    return 1, shape[0], math.prod(shape[1:])
 
 
 def matrix_cost(shape: Sequence[int]) -> int:

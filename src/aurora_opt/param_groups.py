@@ -7,7 +7,6 @@ from typing import Any
 
 from torch import nn
 
-
 HEAD_NAMES = ("lm_head", "head", "output", "classifier")
 #: names that mark the output head only as a direct child of the model (torchvision/timm ResNet
 #: ``fc``); deeper down, ``fc`` is a common name for an MLP layer

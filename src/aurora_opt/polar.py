@@ -21,6 +21,8 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
+from .matrices import wide
+
 __all__ = [
     "POLAR_BACKENDS",
     "PolarFn",
@@ -64,13 +66,6 @@ POLAR_EXPRESS_TAYLOR_WIDTH = 1e-6
 POLAR_EXPRESS_SAFETY = 1.01
 
 
-def _as_wide(G: Tensor) -> tuple[Tensor, bool]:
-    """Transpose tall matrices so the Gram matrix X Xᵀ is the smaller one."""
-    if G.size(-2) > G.size(-1):
-        return G.mT, True
-    return G, False
-
-
 def scaled_to_unit_max(G: Tensor) -> Tensor:
     """Divide each matrix by the power of two 2^e with 2^e ≤ max|G| < 2^(e+1): max|entry| lands in [1, 2).
 
@@ -93,7 +88,7 @@ def _normalized(G: Tensor, eps: float) -> Tensor:
 
 def _odd_quintic_iteration(G: Tensor, coefficients: list[tuple[float, float, float]], eps: float) -> Tensor:
     """Apply X ← aX + (bA + cA²)X with A = X Xᵀ, one coefficient triple per step."""
-    X, transposed = _as_wide(G)
+    X, transposed = wide(G)
     X = _normalized(X, eps)
     for a, b, c in coefficients:
         A = X @ X.mT

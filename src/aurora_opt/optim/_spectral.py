@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from .. import distributed
+from ..matrices import as_matrices, matrix_shape
 from ..polar import DEFAULT_POLAR, get_polar, make_orthogonalizer, scaled_to_unit_max
 from .adamw import adamw_update_
 
@@ -77,22 +78,9 @@ def adjust_lr(lr: float | Tensor, adjust_lr_fn: str | None, m: int, n: int) -> f
     return lr * 0.2 * math.sqrt(max(m, n))
 
 
-def as_matrices(t: Tensor) -> Tensor:
-    """View a parameter-shaped tensor as a batch of matrices ``[B, m, n]``.
-
-    2-D: one matrix. 3-D: a stack of matrices (batched/expert weights). 4-D and up (convolutions):
-    one matrix (out, in·kh·kw).
-    """
-    if t.dim() == 2:
-        return t.unsqueeze(0)
-    if t.dim() == 3:
-        return t
-    return t.reshape(1, t.size(0), -1)
-
-
 def logical_matrix_shape(p: Tensor, group: dict[str, Any]) -> tuple[int, int, int]:
     """``(B, out, in)`` of the matrices a spectral parameter is trained as, whatever its stored layout."""
-    batch, m, n = distributed.matrix_shape(p.shape)
+    batch, m, n = matrix_shape(p.shape)
     return (batch, n, m) if group["weight_layout"] == "in_out" else (batch, m, n)
 
 

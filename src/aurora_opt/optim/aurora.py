@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from ..matrices import matrix_shape, tall
 from ._spectral import SpectralOptimizer, _check_float, _check_int, host_syncs_allowed, spectral_kwargs_doc
 
 #: smallest positive value used where a norm or a leverage score is divided by (fp32-safe)
@@ -68,13 +69,6 @@ GRAM_RIDGE = {torch.float32: 1e-7, torch.float64: 1e-15}
 #: synchronization (CUDA, compiled) a failure is retried once, directly at ridge 1: the leverage then
 #: leans towards the row norms of D·M for that one balancing step.
 RIDGE_GROWTH = 100.0
-
-
-def tall(M: Tensor) -> tuple[Tensor, bool]:
-    """Return M as a tall-or-square matrix batch, and whether it was transposed."""
-    if M.size(-2) < M.size(-1):
-        return M.mT, True
-    return M, False
 
 
 def active_rows(X: Tensor, eps: float) -> Tensor:
@@ -308,13 +302,6 @@ def _finite_or_zero(U: Tensor, nonfinite_directions: Tensor | None) -> Tensor:
     return torch.where(finite.view(-1, 1, 1), U, torch.zeros((), dtype=U.dtype, device=U.device))
 
 
-def as_batch_shape(p: Tensor) -> tuple[int, int, int]:
-    """(B, m, n) of the matrix batch a parameter is treated as (see ``as_matrices``)."""
-    if p.dim() == 3:
-        return p.shape[0], p.shape[1], p.shape[2]
-    return 1, p.shape[0], p[0].numel()
-
-
 class Aurora(SpectralOptimizer):
     algorithm = "aurora"
     stacked_state = ("balance_scaling", "nonfinite_directions")
@@ -365,7 +352,7 @@ class Aurora(SpectralOptimizer):
 
     def _init_state(self, p, state, group):
         super()._init_state(p, state, group)
-        batch, m, n = as_batch_shape(p)
+        batch, m, n = matrix_shape(p.shape)
         if group["balance"] == "gram" and group["warm_start"] and m != n:
             # r_i = d_i·‖M_i‖ of the last step, over the rows of the tall orientation; 1 = cold start
             state["balance_scaling"] = torch.ones(batch, max(m, n), dtype=p.dtype, device=p.device)

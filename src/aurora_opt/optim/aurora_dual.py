@@ -37,8 +37,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..matrices import tall
 from ._spectral import host_syncs_allowed
-from .aurora import TINY, _active_mean, active_rows, leverage, tall
+from .aurora import TINY, _active_mean, active_rows, leverage
 
 #: iterations of the scalar Newton solve for each λ_i at the start point (from last optimizer step's
 #: λ_i, or an estimate on the first step) and after a Newton step on S (from the λ_i before it); the

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch.optim.optimizer import ParamsT
 
+from ..matrices import matrix_shape
 from ._spectral import SpectralOptimizer, _check_int, spectral_kwargs_doc
-from .aurora import as_batch_shape
 from .aurora_dual import dual_aurora_direction
 
 
@@ -47,7 +47,7 @@ class DualAurora(SpectralOptimizer):
 
     def _init_state(self, p, state, group):
         super()._init_state(p, state, group)
-        batch, m, n = as_batch_shape(p)
+        batch, m, n = matrix_shape(p.shape)
         if m != n:
             # r_i = d_i·‖M_i‖ over the rows of the tall orientation (1 = cold start), the row
             # multipliers μ_i = λ_i + s_min (0 = cold start), and per matrix the number of steps

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from ..matrices import matrix_shape, tall
 from ..polar import default_polar_dtype
 from ._spectral import (
     SpectralOptimizer,
@@ -27,12 +28,10 @@ from .aurora import (
     BALANCE_MODES,
     TINY,
     active_rows,
-    as_batch_shape,
     balanced_polar,
     gram_balanced_polar,
     gram_dtype_for,
     leverage,
-    tall,
 )
 
 #: β of the balancing used for the start point and the retraction, per balance mode. "polar":
@@ -263,7 +262,7 @@ class RiemannianAurora(SpectralOptimizer):
 
     def _init_state(self, p, state, group):
         super()._init_state(p, state, group)
-        batch, m, n = as_batch_shape(p)
+        batch, m, n = matrix_shape(p.shape)
         if m != n:
             # per matrix of the batch: steps whose ascent did not run / ran without accepting a step
             state["skipped_ascents"] = torch.zeros(batch, dtype=torch.float32, device=p.device)

@@ -1,0 +1,43 @@
+"""How a parameter is seen as a batch of matrices, and the orientations the algorithms work in.
+
+Every spectral rule acts on matrices ``[B, m, n]``: a 2-D parameter is one m×n matrix, a 3-D one a
+stack of B matrices (batched or expert weights), and a 4-D or larger one (a convolution kernel) one
+(out, in·kh·kw) matrix. Aurora's balancing works on the tall orientation (m ≥ n: rows are the
+neurons whose shares it equalizes); the polar iterations on the wide one (the smaller Gram matrix).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor
+
+
+def matrix_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(B, m, n)`` of the matrix batch a parameter of this shape is trained as."""
+    if len(shape) == 2:
+        return 1, shape[0], shape[1]
+    if len(shape) == 3:
+        return shape[0], shape[1], shape[2]
+    return 1, shape[0], math.prod(shape[1:])
+
+
+def as_matrices(t: Tensor) -> Tensor:
+    """View a parameter-shaped tensor as its batch of matrices ``[B, m, n]`` (see :func:`matrix_shape`)."""
+    return t.reshape(matrix_shape(t.shape))
+
+
+def tall(M: Tensor) -> tuple[Tensor, bool]:
+    """M [..., m, n] as a tall-or-square matrix batch, and whether it was transposed."""
+    if M.size(-2) < M.size(-1):
+        return M.mT, True
+    return M, False
+
+
+def wide(G: Tensor) -> tuple[Tensor, bool]:
+    """G [..., m, n] as a wide-or-square matrix batch (the Gram matrix X Xᵀ is then the smaller
+    one), and whether it was transposed."""
+    if G.size(-2) > G.size(-1):
+        return G.mT, True
+    return G, False
