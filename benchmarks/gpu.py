@@ -90,7 +90,9 @@ class DriftingGradient:
         return (self.signal + torch.randn(self.shape, device=self.device)) * self.scales
 
 
-def time_round_robin(steps: dict[str, Any], prepare: dict[str, Any], device, warmup: int, repeats: int) -> dict[str, list[float]]:
+def time_round_robin(
+    steps: dict[str, Any], prepare: dict[str, Any], device, warmup: int, repeats: int
+) -> dict[str, list[float]]:
     """Seconds of each ``steps[name]()`` after ``prepare[name]()`` (untimed), names in turn."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     for r in range(warmup + repeats):
@@ -122,12 +124,14 @@ def bench_matrices(shapes, args, device, *, compiled: bool) -> list[dict[str, An
     rows = []
     for label, shape in shapes:
         params, optimizers, gradients = {}, {}, {}
-        for i, name in enumerate(SPECTRAL):
+        for name in SPECTRAL:
             torch.manual_seed(0)
             p = torch.nn.Parameter(0.02 * torch.randn(shape, device=device))
             p.grad = torch.zeros_like(p)
             # lr 1, no weight decay: a step changes p by exactly s(m, n)·U
-            optimizers[name] = aurora_opt.get_optimizer(name)([p], lr=torch.tensor(1.0), weight_decay=0.0, polar=args.polar)
+            optimizers[name] = aurora_opt.get_optimizer(name)(
+                [p], lr=torch.tensor(1.0), weight_decay=0.0, polar=args.polar
+            )
             params[name] = p
             gradients[name] = DriftingGradient(shape, device, seed=1)
         steps = {}
@@ -142,7 +146,7 @@ def bench_matrices(shapes, args, device, *, compiled: bool) -> list[dict[str, An
                 compile_seconds[name] = time.perf_counter() - start
             else:
                 steps[name] = opt.step
-        prepare = {name: (lambda n=name: params[n].grad.copy_(gradients[n]())) for name in SPECTRAL}
+        prepare = {name: (lambda p=params[name], g=gradients[name]: p.grad.copy_(g())) for name in SPECTRAL}
         times = time_round_robin(steps, prepare, device, args.warmup, args.repeats)
         entry: dict[str, Any] = {"label": label, "shape": list(shape), "compiled": compiled, "optimizers": {}}
         for name in SPECTRAL:
@@ -164,7 +168,8 @@ def bench_matrices(shapes, args, device, *, compiled: bool) -> list[dict[str, An
         aurora = entry["optimizers"]["aurora"]
         print(
             f"{label} {shape} {'compiled' if compiled else 'eager'}: Muon {muon['median_ms']:.3f} ms, Aurora "
-            f"{aurora['median_ratio_to_muon']:.3f}× (min {aurora['min_ratio_to_muon']:.3f}×), row error {aurora['row_error']:.1e}",
+            f"{aurora['median_ratio_to_muon']:.3f}× (min {aurora['min_ratio_to_muon']:.3f}×), "
+            f"row error {aurora['row_error']:.1e}",
             flush=True,
         )
         del params, optimizers, steps
@@ -183,7 +188,7 @@ def bench_polar(shapes, args, device) -> list[dict[str, Any]]:
             for dtype in (torch.bfloat16, torch.float32):
                 key = f"{backend}/{str(dtype).removeprefix('torch.')}"
                 fn = POLAR_BACKENDS[backend]
-                steps[key] = lambda fn=fn, dtype=dtype: fn(G.to(dtype))
+                steps[key] = lambda fn=fn, dtype=dtype, G=G: fn(G.to(dtype))
                 prepare[key] = lambda: None
                 U = fn(G.to(dtype)).double()
                 entry["backends"][key] = {"relative_error": float((U - exact).norm() / exact.norm())}
@@ -191,7 +196,13 @@ def bench_polar(shapes, args, device) -> list[dict[str, Any]]:
         for key, t in times.items():
             entry["backends"][key].update(summary(t))
         rows.append(entry)
-        print(f"polar {label}: " + ", ".join(f"{k} {v['median_ms']:.3f} ms err {v['relative_error']:.1e}" for k, v in entry["backends"].items()), flush=True)
+        print(
+            f"polar {label}: "
+            + ", ".join(
+                f"{k} {v['median_ms']:.3f} ms err {v['relative_error']:.1e}" for k, v in entry["backends"].items()
+            ),
+            flush=True,
+        )
     return rows
 
 
@@ -243,20 +254,32 @@ def bench_model(args, device) -> dict[str, Any]:
     forward_backward()
     alone = time_round_robin(optimizer_only, prepare, device, args.warmup, args.repeats)
     result: dict[str, Any] = {
-        "config": {**config.__dict__, "batch_size": batch, "params": model.num_params(), "compiled_model": args.compile_model},
+        "config": {
+            **config.__dict__,
+            "batch_size": batch,
+            "params": model.num_params(),
+            "compiled_model": args.compile_model,
+        },
         "compile_seconds": compile_seconds,
         "steps": {},
     }
     for key in steps:
         peak = peak_bytes(device, variants[key])
-        result["steps"][key] = {"whole": summary(whole[key]), "optimizer": summary(alone[key]), "optimizer_peak_bytes": peak}
+        result["steps"][key] = {
+            "whole": summary(whole[key]),
+            "optimizer": summary(alone[key]),
+            "optimizer_peak_bytes": peak,
+        }
     reference = result["steps"]["adamw eager"]["whole"]["median_ms"]
     for key, entry in result["steps"].items():
         entry["whole_ratio_to_adamw"] = entry["whole"]["median_ms"] / reference
         muon_key = "muon " + key.split(" ")[1] if key.startswith("aurora") else None
         if muon_key in result["steps"]:
             entry["whole_ratio_to_muon"] = entry["whole"]["median_ms"] / result["steps"][muon_key]["whole"]["median_ms"]
-        print(f"model {key}: whole {entry['whole']['median_ms']:.1f} ms, optimizer {entry['optimizer']['median_ms']:.2f} ms", flush=True)
+        print(
+            f"model {key}: whole {entry['whole']['median_ms']:.1f} ms, optimizer {entry['optimizer']['median_ms']:.2f} ms",
+            flush=True,
+        )
     return result
 
 
@@ -273,7 +296,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["| shape | backend/dtype | ms | relative error vs SVD |", "|---|---|---|---|"]
         for entry in report["polar_backends"]:
             for key, v in entry["backends"].items():
-                lines.append(f"| {entry['label']} {entry['shape'][0]}×{entry['shape'][1]} | {key} | {v['median_ms']:.3f} | {v['relative_error']:.1e} |")
+                lines.append(
+                    f"| {entry['label']} {entry['shape'][0]}×{entry['shape'][1]} | {key} | {v['median_ms']:.3f} | {v['relative_error']:.1e} |"
+                )
         lines.append("")
     for section in ("matrices", "compiled"):
         if not report.get(section):
@@ -288,7 +313,8 @@ def markdown(report: dict[str, Any]) -> str:
             o = entry["optimizers"]
             extra = (
                 f"{(o['aurora']['peak_step_bytes'] - o['muon']['peak_step_bytes']) / 2**20:+.1f}"
-                if o["muon"]["peak_step_bytes"] is not None else "–"
+                if o["muon"]["peak_step_bytes"] is not None
+                else "–"
             )
             lines.append(
                 f"| {entry['label']} {entry['shape'][0]}×{entry['shape'][1]} | {o['muon']['median_ms']:.3f} ({o['muon']['min_ms']:.3f}) "
@@ -329,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--no-compile-model", dest="compile_model", action="store_false")
-    parser.add_argument("--commit", default=None,
-                        help=f"the commit measured, where the tree has no .git (or set ${COMMIT_ENV})")
+    parser.add_argument(
+        "--commit", default=None, help=f"the commit measured, where the tree has no .git (or set ${COMMIT_ENV})"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny shapes and model: a smoke test")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -342,8 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     shapes = QUICK_SHAPES if args.quick else MATRIX_SHAPES
     by_label = dict(shapes)
     command = ["python", "benchmarks/gpu.py", *(sys.argv[1:] if argv is None else argv)]
-    report: dict[str, Any] = {"provenance": provenance(device, command, commit=args.commit), "polar": args.polar,
-                              "warmup": args.warmup, "repeats": args.repeats}
+    report: dict[str, Any] = {
+        "provenance": provenance(device, command, commit=args.commit),
+        "polar": args.polar,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every section, so a run stopped early keeps what it measured

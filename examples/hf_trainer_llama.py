@@ -28,18 +28,37 @@ def byte_windows(tokens: torch.Tensor, length: int) -> list[dict[str, torch.Tens
 
 
 def build_trainer(
-    output_dir: str, *, steps: int, optimizer: str = "aurora", lr: float = 0.02, report_to: str = "none",
-    logging_steps: int = 10, width: int = 64, layers: int = 2, seq_len: int = 64,
+    output_dir: str,
+    *,
+    steps: int,
+    optimizer: str = "aurora",
+    lr: float = 0.02,
+    report_to: str = "none",
+    logging_steps: int = 10,
+    width: int = 64,
+    layers: int = 2,
+    seq_len: int = 64,
 ) -> transformers.Trainer:
     config = transformers.LlamaConfig(
-        vocab_size=256, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=seq_len,
+        vocab_size=256,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=seq_len,
     )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)
     args = transformers.TrainingArguments(
-        output_dir=output_dir, max_steps=steps, per_device_train_batch_size=8, logging_steps=logging_steps,
-        report_to=report_to, save_strategy="no", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        logging_steps=logging_steps,
+        report_to=report_to,
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
     )
     trainer = transformers.Trainer(
         model=model,
@@ -59,7 +78,9 @@ def main() -> None:
     parser.add_argument("--report-to", default="none", help="none, tensorboard, wandb, ...")
     parser.add_argument("--output-dir", default="runs/hf_llama")
     args = parser.parse_args()
-    trainer = build_trainer(args.output_dir, steps=args.steps, optimizer=args.optimizer, lr=args.lr, report_to=args.report_to)
+    trainer = build_trainer(
+        args.output_dir, steps=args.steps, optimizer=args.optimizer, lr=args.lr, report_to=args.report_to
+    )
     trainer.train()
     for entry in trainer.state.log_history:
         if "neuron_health/starved_fraction" in entry:

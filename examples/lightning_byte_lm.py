@@ -57,8 +57,13 @@ def loader(seq_len: int = 33, batch_size: int = 16) -> torch.utils.data.DataLoad
 
 def build_trainer(steps: int, logger, log_every_n_steps: int = 10) -> pl.Trainer:
     return pl.Trainer(
-        max_steps=steps, logger=logger, log_every_n_steps=log_every_n_steps, callbacks=[NeuronHealthCallback()],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        max_steps=steps,
+        logger=logger,
+        log_every_n_steps=log_every_n_steps,
+        callbacks=[NeuronHealthCallback()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
 
 

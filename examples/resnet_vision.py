@@ -26,7 +26,9 @@ def resnet18(library: str, classes: int = 10) -> nn.Module:
     return importlib.import_module("timm").create_model("resnet18", num_classes=classes)
 
 
-def train(model: nn.Module, *, steps: int, optimizer: str = "aurora", batch_size: int = 16, size: int = 32) -> list[float]:
+def train(
+    model: nn.Module, *, steps: int, optimizer: str = "aurora", batch_size: int = 16, size: int = 32
+) -> list[float]:
     """Train on noisy copies of 10 random prototype images; returns the loss of every step."""
     g = torch.Generator().manual_seed(0)
     prototypes = torch.randn(10, 3, size, size, generator=g)

@@ -51,16 +51,24 @@ from aurora_opt.train.trainer import autocast_for
 
 #: model shapes; the GPT-2 vocabulary (50257) is padded to a multiple of 128 as in modded-nanoGPT
 CONFIGS = {
-    "gpt2-124m": GPTConfig(vocab_size=50304, seq_len=1024, n_layer=12, n_head=12, d_model=768, mlp_expansion=4,
-                           mlp="gelu"),
-    "gpt2-124m-swiglu": GPTConfig(vocab_size=50304, seq_len=1024, n_layer=12, n_head=12, d_model=768,
-                                  mlp_expansion=4, mlp="swiglu"),
+    "gpt2-124m": GPTConfig(
+        vocab_size=50304, seq_len=1024, n_layer=12, n_head=12, d_model=768, mlp_expansion=4, mlp="gelu"
+    ),
+    "gpt2-124m-swiglu": GPTConfig(
+        vocab_size=50304, seq_len=1024, n_layer=12, n_head=12, d_model=768, mlp_expansion=4, mlp="swiglu"
+    ),
     "tiny": GPTConfig(vocab_size=256, seq_len=32, n_layer=2, n_head=2, d_model=32, mlp_expansion=4, mlp="swiglu"),
 }
 OPTIMIZER_CHOICES = ("muon", "normuon", "unormuon", "aurora", "riemannian_aurora", "adamw")
 #: lr of each optimizer unless --lr is given: the library defaults (AdamW: GPT-2 small's usual 6e-4)
-DEFAULT_LRS = {"muon": 0.02, "normuon": 0.02, "unormuon": 0.02, "aurora": 0.02, "riemannian_aurora": 0.02,
-               "adamw": 6e-4}
+DEFAULT_LRS = {
+    "muon": 0.02,
+    "normuon": 0.02,
+    "unormuon": 0.02,
+    "aurora": 0.02,
+    "riemannian_aurora": 0.02,
+    "adamw": 6e-4,
+}
 
 
 class TokenStream:
@@ -98,12 +106,14 @@ def load_tokens(data: Path | None) -> tuple[list[np.ndarray], list[np.ndarray], 
     return [corpus.train.numpy()], [corpus.val.numpy()], corpus.source, corpus.vocab_size
 
 
-def build_optimizer(name: str, model: GPT, lr: float, weight_decay: float | None, adamw_lr: float,
-                    fused: bool) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, model: GPT, lr: float, weight_decay: float | None, adamw_lr: float, fused: bool
+) -> torch.optim.Optimizer:
     """AdamW for everything, or the spectral rule for hidden matrices and AdamW for the rest."""
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay or 0.0,
-                                 fused=fused)
+        return torch.optim.AdamW(
+            model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay or 0.0, fused=fused
+        )
     extra = {} if weight_decay is None else {"weight_decay": weight_decay}
     return OPTIMIZERS[name](param_groups(model), lr=lr, adamw_lr=adamw_lr, **extra)
 
@@ -115,8 +125,16 @@ def lr_factor(step: int, steps: int, cooldown: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, val: list[np.ndarray], args: argparse.Namespace, batch: int, seq_len: int,
-             device: torch.device, rank: int, world: int) -> float:
+def evaluate(
+    model: torch.nn.Module,
+    val: list[np.ndarray],
+    args: argparse.Namespace,
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+    rank: int,
+    world: int,
+) -> float:
     """Mean loss (nats/token) over the first ``--val-tokens`` validation tokens, averaged over ranks."""
     model.eval()
     stream = TokenStream(val, batch, seq_len, rank, world)
@@ -257,39 +275,73 @@ def main(argv: list[str] | None = None) -> int:
                 if not math.isfinite(train_loss):
                     raise FloatingPointError(f"{args.optimizer}: training loss became {train_loss} by step {step}")
                 health_now = health.measure()
-                entry = {"step": step, "train_loss": train_loss,
-                         "val_loss": (evaluate(forward, val_arrays, args, args.batch_size, seq_len, device, rank, world)
-                                      if step % args.val_every == 0 or last else None),
-                         "starved_fraction": health_now.starved_fraction,
-                         "inactive_fraction": health_now.act_dead_fraction,
-                         "tokens_per_s": interval_steps * tokens_per_step / (now - interval_start),
-                         "lr": optimizer.param_groups[0]["lr"], "elapsed_s": now - start}
+                entry = {
+                    "step": step,
+                    "train_loss": train_loss,
+                    "val_loss": (
+                        evaluate(forward, val_arrays, args, args.batch_size, seq_len, device, rank, world)
+                        if step % args.val_every == 0 or last
+                        else None
+                    ),
+                    "starved_fraction": health_now.starved_fraction,
+                    "inactive_fraction": health_now.act_dead_fraction,
+                    "tokens_per_s": interval_steps * tokens_per_step / (now - interval_start),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "elapsed_s": now - start,
+                }
                 write(entry)
                 interval_start, interval_loss, interval_steps = time.perf_counter(), torch.zeros((), device=device), 0
     except (NonFiniteGradError, FloatingPointError) as err:  # report the divergence, keep the log
         diverged = f"step {step + 1}: {err}"
         print(f"train_gpt2: diverged at {diverged}", file=sys.stderr)
     if diverged is None and (stopped_early or not history or history[-1]["val_loss"] is None):
-        write({"step": step, "train_loss": None,
-               "val_loss": evaluate(forward, val_arrays, args, args.batch_size, seq_len, device, rank, world),
-               "starved_fraction": health.starved_fraction(), "inactive_fraction": None, "tokens_per_s": None,
-               "lr": optimizer.param_groups[0]["lr"], "elapsed_s": time.perf_counter() - start})
+        write(
+            {
+                "step": step,
+                "train_loss": None,
+                "val_loss": evaluate(forward, val_arrays, args, args.batch_size, seq_len, device, rank, world),
+                "starved_fraction": health.starved_fraction(),
+                "inactive_fraction": None,
+                "tokens_per_s": None,
+                "lr": optimizer.param_groups[0]["lr"],
+                "elapsed_s": time.perf_counter() - start,
+            }
+        )
     wall = time.perf_counter() - start
     if main_rank and args.out is not None:
         final = history[-1] if history else {"val_loss": None, "starved_fraction": None}
         measured = [h["tokens_per_s"] for h in history[1:] if h["tokens_per_s"] is not None]  # first: compile
         result = {
             "provenance": provenance(device, ["python", "examples/train_gpt2.py", *argv]),
-            "config": {"model": args.config, **asdict(config), "num_params": model.num_params(),
-                       "optimizer": args.optimizer, "lr": lr, "weight_decay": args.weight_decay,
-                       "adamw_lr": args.adamw_lr, "steps": args.steps, "batch_size_per_rank": args.batch_size,
-                       "world_size": world, "tokens_per_step": tokens_per_step, "cooldown": args.cooldown,
-                       "compile": args.compile, "autocast": "bf16" if device.type != "cpu" else "fp32",
-                       "data": data_name, "seed": args.seed, "max_minutes": args.max_minutes},
-            "final": {"step": step, "val_loss": final["val_loss"], "starved_fraction": final["starved_fraction"],
-                      "tokens_per_s": sum(measured) / len(measured) if measured else None,
-                      "wall_seconds": wall, "stopped_by_time_budget": stopped_early, "diverged": diverged,
-                      "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None},
+            "config": {
+                "model": args.config,
+                **asdict(config),
+                "num_params": model.num_params(),
+                "optimizer": args.optimizer,
+                "lr": lr,
+                "weight_decay": args.weight_decay,
+                "adamw_lr": args.adamw_lr,
+                "steps": args.steps,
+                "batch_size_per_rank": args.batch_size,
+                "world_size": world,
+                "tokens_per_step": tokens_per_step,
+                "cooldown": args.cooldown,
+                "compile": args.compile,
+                "autocast": "bf16" if device.type != "cpu" else "fp32",
+                "data": data_name,
+                "seed": args.seed,
+                "max_minutes": args.max_minutes,
+            },
+            "final": {
+                "step": step,
+                "val_loss": final["val_loss"],
+                "starved_fraction": final["starved_fraction"],
+                "tokens_per_s": sum(measured) / len(measured) if measured else None,
+                "wall_seconds": wall,
+                "stopped_by_time_budget": stopped_early,
+                "diverged": diverged,
+                "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            },
         }
         (args.out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     if log is not None:

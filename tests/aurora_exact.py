@@ -70,8 +70,12 @@ def exact_optimum(M: Tensor, *, iterations: int = 100) -> Optimum:
     value, inverse, u, _ = evaluate(S, lam)
     for _ in range(iterations):
         Bu = torch.einsum("kab,ib->ika", basis, u)  # B_k u_i: [m, K, n]
-        grad = torch.cat([0.5 * torch.einsum("kaa->k", basis) - 0.5 * torch.einsum("ika,ia->k", Bu, u),
-                          0.5 * t - 0.5 * u.square().sum(dim=-1)])
+        grad = torch.cat(
+            [
+                0.5 * torch.einsum("kaa->k", basis) - 0.5 * torch.einsum("ika,ia->k", Bu, u),
+                0.5 * t - 0.5 * u.square().sum(dim=-1),
+            ]
+        )
         inverse_u = (inverse @ u.unsqueeze(-1)).squeeze(-1)
         hessian = torch.empty(K + m, K + m, dtype=M.dtype)
         hessian[:K, :K] = ((Bu @ inverse) @ Bu.mT).sum(dim=0)
@@ -97,7 +101,5 @@ def exact_optimum(M: Tensor, *, iterations: int = 100) -> Optimum:
         value, inverse, u, _ = new
     U = u
     eye = torch.eye(n, dtype=M.dtype)
-    infeasibility = max(
-        float((U.mT @ U - eye).abs().max()), float((U.square().sum(dim=-1) / t - 1).abs().max())
-    )
+    infeasibility = max(float((U.mT @ U - eye).abs().max()), float((U.square().sum(dim=-1) / t - 1).abs().max()))
     return Optimum(U=U, value=norm * float((M * U).sum()), dual=norm * float(value), infeasibility=infeasibility)

@@ -113,7 +113,9 @@ def reference_step(name: str, W: Tensor, G: Tensor, state: dict, **hp) -> Tensor
     if name == "muon":
         U = muon_direction(M)
     elif name == "normuon":
-        U, state["variance"] = normuon_direction(M, state.get("variance", torch.zeros(m, dtype=W.dtype)), hp["beta2"], hp["eps"])
+        U, state["variance"] = normuon_direction(
+            M, state.get("variance", torch.zeros(m, dtype=W.dtype)), hp["beta2"], hp["eps"]
+        )
     elif name == "unormuon":
         U = unormuon_direction(M, hp["eps"])
     elif name == "aurora":
@@ -126,7 +128,13 @@ def reference_step(name: str, W: Tensor, G: Tensor, state: dict, **hp) -> Tensor
 
 # ---------------------------------------------------------------------------------------------- shared inputs
 def unequal_rows(
-    m: int, n: int, generator: torch.Generator | int = 0, *, decades: float = 3.0, shuffle: bool = False, dtype=torch.float64
+    m: int,
+    n: int,
+    generator: torch.Generator | int = 0,
+    *,
+    decades: float = 3.0,
+    shuffle: bool = False,
+    dtype=torch.float64,
 ) -> Tensor:
     """Gaussian m×n matrix whose row norms are log-spaced over ``decades`` decades around 1, in
     increasing order (or permuted, with ``shuffle``): neurons with unequal gradients, the case where
@@ -145,6 +153,8 @@ def set_grads(params: Iterable[Tensor], seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     for p in params:
         p.grad = torch.randn(p.shape, generator=generator).to(p.dtype)
+
+
 #: max_i |ℓ_i/ℓ̄ − 1| of Riemannian Aurora's direction with an accurate polar factor (fp32 or
 #: float64): it retracts to rows within its ROW_TOLERANCE = 1e-3 at every accepted step; 2e-3 leaves
 #: room for the fp32 polar factor's error on top and for balancings that end at balance_steps

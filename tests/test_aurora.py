@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import RIEMANNIAN_ROW_TOLERANCE, exact_polar
 
+import reference
 from aurora_opt import RiemannianAurora
 from aurora_opt.optim import (
     aurora_direction,
@@ -14,7 +14,7 @@ from aurora_opt.optim import (
 )
 from aurora_opt.optim.riemannian_aurora import tangent_projection
 from aurora_opt.polar import make_orthogonalizer
-import reference
+from reference import RIEMANNIAN_ROW_TOLERANCE, exact_polar
 
 SVD64 = make_orthogonalizer("svd", steps=None, eps=1e-7, dtype=torch.float64)
 # float64 SVD polar factors are orthogonal to ~1e-15; 1e-10 leaves room for the balancing's products
@@ -44,7 +44,9 @@ def riemannian(M, orthogonalize=SVD64, **kwargs):
 
 def assert_semi_orthogonal(U: torch.Tensor) -> None:
     n = U.size(-1)
-    torch.testing.assert_close(U.mT @ U, torch.eye(n, dtype=U.dtype).expand_as(U.mT @ U), rtol=0, atol=ORTHOGONALITY_ATOL)
+    torch.testing.assert_close(
+        U.mT @ U, torch.eye(n, dtype=U.dtype).expand_as(U.mT @ U), rtol=0, atol=ORTHOGONALITY_ATOL
+    )
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reference import RIEMANNIAN_ROW_TOLERANCE
-
 import aurora_opt
 from aurora_opt import bench
+from reference import RIEMANNIAN_ROW_TOLERANCE
 
 #: rows within 1 % (the issue's target); the tiny matrices here converge more slowly than large ones
 ROW_TARGET = 0.01
@@ -29,7 +28,7 @@ def test_quick_bench_writes_json_and_markdown(tmp_path: Path, capsys):
     for results, shapes in zip(runs, shape_lists):
         assert set(results) == set(bench.OPTIMIZERS)
         largest_bytes = 4 * max(m * n for m, n in shapes)  # fp32
-        for name, entry in results.items():
+        for entry in results.values():
             # --quick times exactly one step per optimizer: the fastest is the median is the only one
             assert entry["timed_steps"] == report["repeats"] == 1
             assert entry["seconds"] == entry["median_seconds"]

@@ -24,9 +24,21 @@ STEPS = 8
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    fields = dict(optimizer="aurora", steps=STEPS, batch_size=2, seq_len=16, n_layer=1, n_head=2, d_model=16,
-                  mlp_expansion=4, log_every=2, eval_every=4, eval_batches=1, checkpoint_every=3,
-                  leverage_steps=(2, STEPS))
+    fields = dict(
+        optimizer="aurora",
+        steps=STEPS,
+        batch_size=2,
+        seq_len=16,
+        n_layer=1,
+        n_head=2,
+        d_model=16,
+        mlp_expansion=4,
+        log_every=2,
+        eval_every=4,
+        eval_batches=1,
+        checkpoint_every=3,
+        leverage_steps=(2, STEPS),
+    )
     fields.update(overrides)
     return TrainConfig(**fields)
 
@@ -49,8 +61,13 @@ def cut_at_7(corpus, tmp_path_factory) -> Path:
     """The same run stopped after step 7 (checkpoints at steps 6 and 7)."""
     directory = tmp_path_factory.mktemp("cut")
     stop = StopRequest()
-    train(tiny_config(), corpus, checkpoint_dir=directory, stop=stop,
-          progress=lambda step, record: stop(signal.SIGINT) if step == 7 else None)
+    train(
+        tiny_config(),
+        corpus,
+        checkpoint_dir=directory,
+        stop=stop,
+        progress=lambda step, record: stop(signal.SIGINT) if step == 7 else None,
+    )
     return directory
 
 
@@ -99,8 +116,13 @@ def test_a_real_signal_stops_the_run_with_a_checkpoint(tmp_path, corpus):
     stop = StopRequest()
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        result = train(tiny_config(), corpus, checkpoint_dir=tmp_path, stop=stop,
-                       progress=lambda step, record: os.kill(os.getpid(), signal.SIGTERM) if step == 2 else None)
+        result = train(
+            tiny_config(),
+            corpus,
+            checkpoint_dir=tmp_path,
+            stop=stop,
+            progress=lambda step, record: os.kill(os.getpid(), signal.SIGTERM) if step == 2 else None,
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert result.status == "interrupted" and result.step == 2

@@ -15,8 +15,27 @@ import torch
 from aurora_opt.cli import DEFAULT_LRS, build_parser, main
 from aurora_opt.train.report import difference, gain_trend
 
-TINY = ["--steps", "4", "--d-model", "16", "--n-layer", "1", "--n-head", "2", "--seq-len", "16", "--batch-size", "2",
-        "--log-every", "2", "--eval-every", "2", "--eval-batches", "1", "--no-progress"]
+TINY = [
+    "--steps",
+    "4",
+    "--d-model",
+    "16",
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "2",
+    "--log-every",
+    "2",
+    "--eval-every",
+    "2",
+    "--eval-batches",
+    "1",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +49,8 @@ def check_results_shape(results: dict, optimizers: list[str], steps: int) -> Non
     """results.json as documented: provenance, config, runs[optimizer, mlp_expansion, lr, seed, history, final]."""
     assert isinstance(results["config"], dict)
     assert {"commit", "dirty", "version", "command", "torch", "device", "threads", "machine", "utc"} <= set(
-        results["provenance"])
+        results["provenance"]
+    )
     assert results["provenance"]["command"].startswith("aurora-opt ")
     assert [run["optimizer"] for run in results["runs"]] == optimizers
     for run in results["runs"]:
@@ -51,8 +71,9 @@ def test_compare_writes_results_plots_and_report(tmp_path, text_file, capsys):
     assert main(["compare", "--data", str(text_file), "--out", str(out), *TINY]) == 0
     results = json.loads((out / "results.json").read_text())
     check_results_shape(results, ["muon", "normuon", "unormuon", "aurora"], steps=4)
-    assert results["provenance"]["command"] == shlex.join(["aurora-opt", "compare", "--data", str(text_file),
-                                                           "--out", str(out), *TINY])
+    assert results["provenance"]["command"] == shlex.join(
+        ["aurora-opt", "compare", "--data", str(text_file), "--out", str(out), *TINY]
+    )
     assert [run["lr"] for run in results["runs"]] == [DEFAULT_LRS[n] for n in ("muon", "normuon", "unormuon", "aurora")]
     for plot in ("loss.png", "starved.png", "leverage.png", "starved_heatmap.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
@@ -76,13 +97,30 @@ def test_matched_lr_and_torch_optimizers(tmp_path, text_file):
 
 def test_sweep_writes_summary_and_gain_plot(tmp_path, text_file):
     out = tmp_path / "sweep"
-    argv = ["sweep", "--optimizers", "muon,aurora", "--expansions", "2,4", "--lrs", "0.02", "--seeds", "0",
-            "--data", str(text_file), "--out", str(out)]
+    argv = [
+        "sweep",
+        "--optimizers",
+        "muon,aurora",
+        "--expansions",
+        "2,4",
+        "--lrs",
+        "0.02",
+        "--seeds",
+        "0",
+        "--data",
+        str(text_file),
+        "--out",
+        str(out),
+    ]
     assert main([*argv, *TINY, "--steps", "2"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert len(results["runs"]) == 4
     assert {(r["mlp_expansion"], r["optimizer"]) for r in results["runs"]} == {
-        (2, "muon"), (2, "aurora"), (4, "muon"), (4, "aurora")}
+        (2, "muon"),
+        (2, "aurora"),
+        (4, "muon"),
+        (4, "aurora"),
+    }
     for plot in ("sweep_lr.png", "sweep_gain.png"):
         assert (out / plot).exists()
     report = (out / "report.md").read_text()
@@ -112,12 +150,15 @@ def _bad_shard(directory: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["compare", "--data", "/no/such/path"], "data path not found"),
-    (["compare", "--optimizers", "sgd"], "unknown optimizer 'sgd'"),
-    (["compare", "--lr", "fast"], "--lr"),
-    (["compare", "--d-model", "30", "--n-head", "4"], "multiple of n_head"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compare", "--data", "/no/such/path"], "data path not found"),
+        (["compare", "--optimizers", "sgd"], "unknown optimizer 'sgd'"),
+        (["compare", "--lr", "fast"], "--lr"),
+        (["compare", "--d-model", "30", "--n-head", "4"], "multiple of n_head"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
     assert main([*argv, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
@@ -127,8 +168,13 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
 def test_bad_shard_header_from_a_fresh_process(tmp_path):
     shard = _bad_shard(tmp_path)
     src = Path(__file__).resolve().parents[1] / "src"
-    proc = subprocess.run([sys.executable, "-m", "aurora_opt", "compare", "--data", str(shard), "--out", str(tmp_path)],
-                          capture_output=True, text=True, env={"PYTHONPATH": str(src), "PATH": "", "OMP_NUM_THREADS": "1"}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "aurora_opt", "compare", "--data", str(shard), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(src), "PATH": "", "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"aurora-opt: error: {shard}: bad shard magic 1234 (expected 20240520)"
     assert "Traceback" not in proc.stderr
@@ -142,8 +188,26 @@ def test_parser_lists_the_subcommands():
 
 def test_sweep_resume_skips_finished_runs_and_refuses_changed_settings(tmp_path, text_file, capsys):
     out = tmp_path / "sweep"
-    argv = ["sweep", "--optimizers", "muon,aurora", "--expansions", "4", "--lrs", "0.02", "--lrs", "aurora=0.05",
-            "--seeds", "0", "--data", str(text_file), "--out", str(out), *TINY, "--steps", "2"]
+    argv = [
+        "sweep",
+        "--optimizers",
+        "muon,aurora",
+        "--expansions",
+        "4",
+        "--lrs",
+        "0.02",
+        "--lrs",
+        "aurora=0.05",
+        "--seeds",
+        "0",
+        "--data",
+        str(text_file),
+        "--out",
+        str(out),
+        *TINY,
+        "--steps",
+        "2",
+    ]
     assert main(argv) == 0
     first = json.loads((out / "results.json").read_text())
     assert [(r["optimizer"], r["lr"]) for r in first["runs"]] == [("muon", 0.02), ("aurora", 0.05)]
@@ -158,7 +222,11 @@ def test_sweep_resume_skips_finished_runs_and_refuses_changed_settings(tmp_path,
     assert main([*argv, "--seeds", "0,2", "--resume"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert [(r["optimizer"], r["seed"]) for r in again["runs"]] == [
-        ("muon", 0), ("muon", 2), ("aurora", 0), ("aurora", 2)]
+        ("muon", 0),
+        ("muon", 2),
+        ("aurora", 0),
+        ("aurora", 2),
+    ]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir() if p.name in finished} == finished
     assert again["runs"][0]["history"] == first["runs"][0]["history"]
 
@@ -178,8 +246,14 @@ def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
 
 
 def _cell(mean: float, sem: float | None, expansion: int = 4, optimizer: str = "muon") -> dict:
-    return {"mlp_expansion": expansion, "optimizer": optimizer, "lr": 0.02, "seeds": 3,
-            "val_loss_mean": mean, "val_loss_sem": sem}
+    return {
+        "mlp_expansion": expansion,
+        "optimizer": optimizer,
+        "lr": 0.02,
+        "seeds": 3,
+        "val_loss_mean": mean,
+        "val_loss_sem": sem,
+    }
 
 
 def test_differences_are_called_significant_only_beyond_two_standard_errors():

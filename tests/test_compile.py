@@ -48,7 +48,9 @@ def tiny_model(seed: int = 0) -> nn.Module:
 def make(name: str, model: nn.Module, **kwargs):
     # tensor lrs on both sides: a scheduler then changes them in place instead of replacing a constant
     groups = aurora_opt.param_groups(model, head_names=("5",))
-    return get_optimizer(name)(groups, lr=torch.tensor(0.02), adamw_lr=torch.tensor(3e-3), **{**OPTIM_DB[name].fast, **kwargs})
+    return get_optimizer(name)(
+        groups, lr=torch.tensor(0.02), adamw_lr=torch.tensor(3e-3), **{**OPTIM_DB[name].fast, **kwargs}
+    )
 
 
 def set_grads(model: nn.Module, step: int) -> None:

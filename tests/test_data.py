@@ -20,8 +20,9 @@ from aurora_opt.train.data import (
 )
 
 
-def write_shard(path: Path, tokens: list[int], *, magic: int = SHARD_MAGIC, version: int = SHARD_VERSION,
-                count: int | None = None) -> Path:
+def write_shard(
+    path: Path, tokens: list[int], *, magic: int = SHARD_MAGIC, version: int = SHARD_VERSION, count: int | None = None
+) -> Path:
     header = np.zeros(256, dtype=np.int32)
     header[:3] = (magic, version, len(tokens) if count is None else count)
     path.write_bytes(header.tobytes() + np.asarray(tokens, dtype=np.uint16).tobytes())
@@ -51,11 +52,14 @@ def test_directory_split_is_deterministic_and_skips_hidden_files(tmp_path):
     assert everything.count(b"text number") == 40 * 5
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: d / "missing.txt", "not found"),
-    (lambda d: (d / "empty.txt").write_bytes(b"") and None or d / "empty.txt", "too little"),
-    (lambda d: (d / "emptydir").mkdir() or d / "emptydir", "no files"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing.txt", "not found"),
+        (lambda d: (d / "empty.txt").write_bytes(b"") and None or d / "empty.txt", "too little"),
+        (lambda d: (d / "emptydir").mkdir() or d / "emptydir", "no files"),
+    ],
+)
 def test_unusable_text_input(tmp_path, make, message):
     with pytest.raises(DataError, match=message):
         load_corpus(make(tmp_path))
@@ -82,12 +86,15 @@ def test_shards_good(tmp_path):
     assert single.val.numel() == 100
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"magic": 12345}, "bad shard magic 12345"),
-    ({"version": 7}, "unsupported shard version 7"),
-    ({"count": 999}, "declares 999 tokens but holds 10"),
-    ({"count": 0}, "declares 0 tokens"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"magic": 12345}, "bad shard magic 12345"),
+        ({"version": 7}, "unsupported shard version 7"),
+        ({"count": 999}, "declares 999 tokens but holds 10"),
+        ({"count": 0}, "declares 0 tokens"),
+    ],
+)
 def test_shards_with_bad_headers(tmp_path, kwargs, message):
     path = write_shard(tmp_path / "bad.bin", list(range(10)), **kwargs)
     with pytest.raises(DataError, match=message):

@@ -50,10 +50,12 @@ def test_leverage_scores_of_known_factors():
     coordinate = torch.zeros(4, 2, dtype=torch.float64)
     coordinate[0, 0] = coordinate[1, 1] = 1.0  # rows 0, 1 hold all the leverage
     M = _with_left_factor(coordinate, [3.0, 0.2])
-    torch.testing.assert_close(leverage_scores(M), torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64),
-                               atol=SVD_ATOL, rtol=0)
-    torch.testing.assert_close(relative_leverage(M), torch.tensor([2.0, 2.0, 0.0, 0.0], dtype=torch.float64),
-                               atol=SVD_ATOL, rtol=0)
+    torch.testing.assert_close(
+        leverage_scores(M), torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64), atol=SVD_ATOL, rtol=0
+    )
+    torch.testing.assert_close(
+        relative_leverage(M), torch.tensor([2.0, 2.0, 0.0, 0.0], dtype=torch.float64), atol=SVD_ATOL, rtol=0
+    )
 
     uniform = torch.tensor([[1, 1], [1, -1], [1, 1], [1, -1]], dtype=torch.float64) / 2  # every ℓ_i = 1/2
     M = _with_left_factor(uniform, [5.0, 1e-3], seed=1)
@@ -63,8 +65,9 @@ def test_leverage_scores_of_known_factors():
 def test_leverage_counts_rank_only():
     u = torch.tensor([[3.0], [4.0], [0.0]], dtype=torch.float64) / 5
     M = u @ torch.tensor([[1.0, 2.0]], dtype=torch.float64)  # rank 1: ℓ = u_i², summing to 1
-    torch.testing.assert_close(leverage_scores(M), torch.tensor([0.36, 0.64, 0.0], dtype=torch.float64),
-                               atol=SVD_ATOL, rtol=0)
+    torch.testing.assert_close(
+        leverage_scores(M), torch.tensor([0.36, 0.64, 0.0], dtype=torch.float64), atol=SVD_ATOL, rtol=0
+    )
 
 
 def test_inactive_fraction_and_row_norm_spread():
@@ -147,7 +150,9 @@ def test_activation_hook_finds_inactive_units():
 
 def test_finds_projections_of_the_gpt():
     swiglu = GPT(GPTConfig(n_layer=2, d_model=16, n_head=2, seq_len=8))
-    assert sorted(find_mlp_input_projections(swiglu)) == [f"blocks.{i}.mlp.{n}" for i in range(2) for n in ("gate", "up")]
+    assert sorted(find_mlp_input_projections(swiglu)) == [
+        f"blocks.{i}.mlp.{n}" for i in range(2) for n in ("gate", "up")
+    ]
     gelu = GPT(GPTConfig(n_layer=2, d_model=16, n_head=2, seq_len=8, mlp="gelu"))
     assert sorted(find_mlp_input_projections(gelu)) == ["blocks.0.mlp.fc", "blocks.1.mlp.fc"]
     health = NeuronHealth(gelu)
@@ -169,6 +174,7 @@ def _make_optimizers(name: str, model: GPT) -> list[torch.optim.Optimizer]:
 @pytest.mark.parametrize("name", [*OPTIMIZERS, "adamw", "torch_muon"])
 def test_diagnostics_leave_the_update_unchanged(name):
     steps = 1 if name == "riemannian_aurora" else 2  # its CG solve takes seconds per step on a loaded CPU
+
     def run(with_health: bool) -> tuple[GPT, NeuronHealth | None, list[torch.optim.Optimizer]]:
         torch.manual_seed(0)
         model = GPT(GPTConfig(n_layer=1, d_model=8, n_head=2, seq_len=8))
@@ -252,11 +258,15 @@ def test_conv1d_mlp_reads_as_its_linear_twin(name):
             optimizer.zero_grad()
     assert set(healths[0].projections) == {"c_fc"} and healths[0].activation_sites == {"c_fc": "c_proj"}
     # same update up to transpose (tests/test_weight_layout.py), so the same shares up to fp32 rounding
-    torch.testing.assert_close(healths[0].smoothed_shares["c_fc"], healths[1].smoothed_shares["c_fc"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        healths[0].smoothed_shares["c_fc"], healths[1].smoothed_shares["c_fc"], rtol=1e-4, atol=1e-5
+    )
     a, b = healths[0].measure(), healths[1].measure()
     assert a.layer_row_norm_cv["c_fc"] == pytest.approx(b.layer_row_norm_cv["c_fc"], rel=1e-5)
     assert a.layer_act_dead == pytest.approx(b.layer_act_dead)
-    torch.testing.assert_close(healths[0].leverage(optimizers[0])["c_fc"], healths[1].leverage(optimizers[1])["c_fc"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        healths[0].leverage(optimizers[0])["c_fc"], healths[1].leverage(optimizers[1])["c_fc"], rtol=1e-4, atol=1e-4
+    )
 
 
 def test_attach_unwraps_wrapper_optimizers():

@@ -231,7 +231,9 @@ def _check_training(model: nn.Module, optimizer, device: torch.device) -> None:
         checks.same_on_all_ranks(whole, name)
         if "neuron_variance" in reference_optimizer.state[q]:
             variance = optimizer.state[p]["neuron_variance"]
-            checks.close(variance, reference_optimizer.state[q]["neuron_variance"], TRAINING_TOL, f"neuron_variance of {name}")
+            checks.close(
+                variance, reference_optimizer.state[q]["neuron_variance"], TRAINING_TOL, f"neuron_variance of {name}"
+            )
             checks.same_on_all_ranks(variance, f"neuron_variance of {name}")
     checks.raise_if_failed()
 
@@ -285,7 +287,9 @@ def _checkpoint_roundtrip(device: torch.device, shard: bool, checkpoint_dir: str
     for (name, p), q in zip(model.named_parameters(), resumed.parameters()):
         assert torch.equal(_whole(p.detach()), _whole(q.detach())), f"{name} differs after resuming"
         for key, value in optimizer.state[p].items():
-            assert torch.equal(_whole(value), _whole(resumed_optimizer.state[q][key])), f"{name} {key} differs after resuming"
+            assert torch.equal(_whole(value), _whole(resumed_optimizer.state[q][key])), (
+                f"{name} {key} differs after resuming"
+            )
 
 
 def scenario_checkpoint_sharded(device: torch.device, checkpoint_dir: str) -> None:
@@ -326,7 +330,9 @@ def scenario_errors(device: torch.device) -> None:
     else:
         with pytest.raises(ValueError, match="not a member"):
             Muon([plain], process_group=solo)
-    assert torch.equal(sharded.full_tensor(), before[0]) and torch.equal(plain.detach(), before[1]), "a failed step changed a parameter"
+    assert torch.equal(sharded.full_tensor(), before[0]) and torch.equal(plain.detach(), before[1]), (
+        "a failed step changed a parameter"
+    )
 
     # a NaN in one rank's shard only (the last row lives on the last rank): every rank skips
     nan_grad = torch.ones(6, 4, device=device)

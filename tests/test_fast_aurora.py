@@ -6,7 +6,6 @@ import io
 
 import pytest
 import torch
-from reference import RIEMANNIAN_ROW_TOLERANCE
 
 from aurora_opt import Aurora, Muon, NorMuon, RiemannianAurora
 from aurora_opt.optim._spectral import stacking_plan
@@ -19,7 +18,7 @@ from aurora_opt.optim.aurora import (
     row_uniformity_error,
 )
 from aurora_opt.polar import make_orthogonalizer, polar_express, svd_polar
-from reference import unequal_rows
+from reference import RIEMANNIAN_ROW_TOLERANCE, unequal_rows
 
 #: float64 with the exact SVD polar: agreement is limited by rounding over tens of iterations
 EXACT_TOL = 1e-9
@@ -114,7 +113,7 @@ def test_numerically_singular_gram_matrix_in_fp32():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_rank_deficient_matrix(dtype):
     g = torch.Generator().manual_seed(4)
-    X = (torch.randn(256, 8, generator=g, dtype=torch.float64) @ torch.randn(8, 64, generator=g, dtype=torch.float64))
+    X = torch.randn(256, 8, generator=g, dtype=torch.float64) @ torch.randn(8, 64, generator=g, dtype=torch.float64)
     X = (X * torch.logspace(-1, 1, 256, dtype=torch.float64)[:, None]).to(dtype)
     if dtype == torch.float64:
         U = fast(X)
@@ -303,6 +302,7 @@ def test_riemannian_aurora_on_the_fast_path():
 #: fp32 rounding of a sum of n squares (~1e-7) and, for bf16, the rounding of the returned U to fp32
 #: (none: U is returned in the momentum's dtype). 1e-5 is two orders above the measured ≤ 3.5e-7.
 CORRECTED_ROW_TOLERANCE = 1e-5
+
 
 def orthogonality_error(U: torch.Tensor) -> float:
     """‖UᵀU − I‖₂ in float64."""

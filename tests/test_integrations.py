@@ -110,7 +110,10 @@ def test_gpt2_conv1d_checkpoint_end_to_end():
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
     snap = health.measure()
-    assert set(snap.layer_starved) == {"transformer.h.0.mlp.c_fc"} and health.smoothed_shares["transformer.h.0.mlp.c_fc"].numel() == 64
+    assert (
+        set(snap.layer_starved) == {"transformer.h.0.mlp.c_fc"}
+        and health.smoothed_shares["transformer.h.0.mlp.c_fc"].numel() == 64
+    )
 
 
 def test_lightning_example_logs_through_the_trainers_loggers():
@@ -136,7 +139,11 @@ def test_lightning_example_logs_through_the_trainers_loggers():
     trainer.fit(example.ByteLM(width=16), example.loader())
     health_records = [(step, m) for step, m in recorder.records if "neuron_health/starved_fraction" in m]
     assert [step for step, _ in health_records] == [2, 4]
-    expected = {"neuron_health/up/starved_fraction", "neuron_health/up/row_norm_spread", "neuron_health/inactive_fraction"}
+    expected = {
+        "neuron_health/up/starved_fraction",
+        "neuron_health/up/row_norm_spread",
+        "neuron_health/inactive_fraction",
+    }
     assert expected <= set(health_records[-1][1])
     assert isinstance(trainer.optimizers[0], aurora_opt.NorMuon)
 

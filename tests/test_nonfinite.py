@@ -72,7 +72,12 @@ def test_raise_changes_nothing(name: str, bad_param: str, value: float) -> None:
     set_grads(params.values(), seed=1)
     poison(params, bad_param, value)
     before = snapshot(params, optimizer)
-    with pytest.raises(NonFiniteGradError, match=rf"parameter '{bad_param}' of shape {tuple(params[bad_param].shape)}".replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        NonFiniteGradError,
+        match=rf"parameter '{bad_param}' of shape {tuple(params[bad_param].shape)}".replace("(", r"\(").replace(
+            ")", r"\)"
+        ),
+    ):
         optimizer.step()
     assert snapshot(params, optimizer) == before
 
@@ -156,7 +161,7 @@ def test_skip_returns_the_closure_loss() -> None:
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = (W.sum() * float("nan"))
+        loss = W.sum() * float("nan")
         loss.backward()
         return loss
 

@@ -109,9 +109,7 @@ def test_params_without_grad_are_untouched(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize(
-    "kwargs,bad_name", COMMON_ERROR_INPUTS, ids=[f"{k}" for k, _ in COMMON_ERROR_INPUTS]
-)
+@pytest.mark.parametrize("kwargs,bad_name", COMMON_ERROR_INPUTS, ids=[f"{k}" for k, _ in COMMON_ERROR_INPUTS])
 def test_bad_common_hyperparameters_raise(name, kwargs, bad_name):
     spectral, adamw = make_params()
     with pytest.raises(ValueError, match=bad_name):
@@ -143,7 +141,10 @@ def test_group_lrs_scale_the_update(name):
     G = torch.randn(20, 6, generator=g, dtype=torch.float64)
     a, b = nn.Parameter(W.clone()), nn.Parameter(W.clone())
     opt = get_optimizer(name)(
-        [{"params": [a], "lr": 0.01}, {"params": [b], "lr": 0.03}], momentum=0.0, weight_decay=0.0, **OPTIM_DB[name].fast
+        [{"params": [a], "lr": 0.01}, {"params": [b], "lr": 0.03}],
+        momentum=0.0,
+        weight_decay=0.0,
+        **OPTIM_DB[name].fast,
     )
     a.grad, b.grad = G.clone(), G.clone()
     opt.step()
@@ -158,11 +159,14 @@ def test_hybrid_adamw_group_matches_torch_adamw(name):
     ours, theirs = nn.Parameter(E.clone()), nn.Parameter(E.clone())
     hidden = nn.Parameter(torch.randn(12, 4, generator=g, dtype=torch.float64))
     opt = get_optimizer(name)(
-        [{"params": [hidden]}, {"params": [ours], "algorithm": "adamw", "lr": 1e-2, "betas": (0.8, 0.9), "weight_decay": 0.1}],
+        [
+            {"params": [hidden]},
+            {"params": [ours], "algorithm": "adamw", "lr": 1e-2, "betas": (0.8, 0.9), "weight_decay": 0.1},
+        ],
         **OPTIM_DB[name].fast,
     )
     ref = torch.optim.AdamW([theirs], lr=1e-2, betas=(0.8, 0.9), eps=1e-8, weight_decay=0.1)
-    for t in range(4):
+    for _ in range(4):
         grad = torch.randn(30, 8, generator=g, dtype=torch.float64)
         ours.grad, theirs.grad, hidden.grad = grad.clone(), grad.clone(), torch.ones_like(hidden)
         opt.step()

@@ -72,7 +72,15 @@ def test_frozen_parameters_are_left_out():
 def test_vision_classifier_and_stem_go_to_adamw():
     groups = aurora_opt.param_groups(TinyResNet())
     assert names(groups, "spectral") == {"layer1.0.weight"}
-    assert names(groups, "adamw") == {"conv1.weight", "bn1.weight", "bn1.bias", "layer1.1.weight", "layer1.1.bias", "fc.weight", "fc.bias"}
+    assert names(groups, "adamw") == {
+        "conv1.weight",
+        "bn1.weight",
+        "bn1.bias",
+        "layer1.1.weight",
+        "layer1.1.bias",
+        "fc.weight",
+        "fc.bias",
+    }
     kept = aurora_opt.param_groups(TinyResNet(), stem_to_adamw=False)
     assert names(kept, "spectral") == {"conv1.weight", "layer1.0.weight"}
     assert "head_fc.weight" in names(aurora_opt.param_groups(TimmResNet()), "adamw")

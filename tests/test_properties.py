@@ -13,12 +13,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import RIEMANNIAN_ROW_TOLERANCE
 
 import aurora_opt
-from aurora_opt.optim.aurora import ROW_CORRECTION_MAX
 from aurora_opt.optim import row_uniformity_error
+from aurora_opt.optim.aurora import ROW_CORRECTION_MAX
 from aurora_opt.polar import POLAR_BACKENDS
+from reference import RIEMANNIAN_ROW_TOLERANCE
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DTYPE_IDS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -404,7 +404,9 @@ def measure_row_uniformity(trials: int = 15, seed: int = 3) -> None:
             for name, options in variants:
                 U = one_step_direction(name, grad, polar_dtype=dtype, **options)
                 label = " ".join([name, *(f"{key}={value}" for key, value in options.items())])
-                errors.setdefault((label, DTYPE_IDS[dtype]), []).append(row_uniformity_error(U.float().unsqueeze(0)).item())
+                errors.setdefault((label, DTYPE_IDS[dtype]), []).append(
+                    row_uniformity_error(U.float().unsqueeze(0)).item()
+                )
     print("| update | dtype | min | median | max |\n|---|---|---|---|---|")
     for (label, dtype_id), values in errors.items():
         values.sort()

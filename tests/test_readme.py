@@ -66,7 +66,9 @@ def run_fresh(code: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProc
     path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, "-c", code]
-    return subprocess.run(command, input=stdin, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    return subprocess.run(
+        command, input=stdin, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+    )
 
 
 # Runs each block with its README line numbers, so a traceback points at the README line that failed.

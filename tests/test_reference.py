@@ -24,7 +24,14 @@ HYPER = {
 }
 SETTINGS = [
     {"lr": 0.02, "weight_decay": 0.0, "momentum": 0.95, "nesterov": True, "eps": 1e-7},
-    {"lr": 0.05, "weight_decay": 0.1, "momentum": 0.9, "nesterov": False, "eps": 1e-7, "adjust_lr_fn": "match_rms_adamw"},
+    {
+        "lr": 0.05,
+        "weight_decay": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "eps": 1e-7,
+        "adjust_lr_fn": "match_rms_adamw",
+    },
     {"lr": 0.01, "weight_decay": 0.0, "momentum": 0.0, "nesterov": True, "eps": 1e-7},
 ]
 SHAPES = [(24, 6), (6, 24), (10, 10)]

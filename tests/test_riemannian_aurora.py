@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from aurora_optimum import optimum
-from reference import RIEMANNIAN_ROW_TOLERANCE
 
 from aurora_opt import Aurora, RiemannianAurora
 from aurora_opt.optim import adjust_lr, row_uniformity_error
+from aurora_optimum import optimum
+from reference import RIEMANNIAN_ROW_TOLERANCE
 
 #: gap (optimum − ⟨M, U⟩)/optimum allowed at the defaults (10 ascent steps) on Gaussian momenta,
 #: measured over every accurate backend in fp32 and float64: ≤ 9.7e-6 on 32×8, 10×30 and 64×16,
@@ -44,7 +44,12 @@ def my_polar(G: torch.Tensor, *, steps: int | None = None, eps: float = 1e-7) ->
     return U @ Vh
 
 
-ACCURATE = {"polar_express": {}, "simple_quintic": {"polar": "simple_quintic"}, "svd": {"polar": "svd"}, "callable": {"polar": my_polar}}
+ACCURATE = {
+    "polar_express": {},
+    "simple_quintic": {"polar": "simple_quintic"},
+    "svd": {"polar": "svd"},
+    "callable": {"polar": my_polar},
+}
 COARSE = {"newton_schulz": {"polar": "newton_schulz"}, "bf16_polar": {"polar_dtype": torch.bfloat16}}
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -113,7 +113,9 @@ def soak(name: str, steps: int, *, batch: int = 16, seed: int = 0) -> SoakResult
             rss_after_warmup = rss_bytes()
     seconds = time.perf_counter() - start
     all_finite &= all(bool(torch.isfinite(p).all()) for p in model.parameters())
-    all_finite &= all(bool(torch.isfinite(v).all()) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+    all_finite &= all(
+        bool(torch.isfinite(v).all()) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+    )
     window_size = max(1, min(50, steps // 10))
     return SoakResult(
         optimizer=name,
@@ -159,14 +161,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.out is not None and args.out.is_dir():
         parser.error(f"--out {args.out}: is a directory (expected a file name)")
-    record = {"provenance": provenance("cpu", ["python", "tests/test_soak.py", *argv]),
-              "data": f"{stdlib_name()}, first 2 MiB of the top-level modules", "model": dataclasses.asdict(SOAK_MODEL),
-              "results": []}
+    record = {
+        "provenance": provenance("cpu", ["python", "tests/test_soak.py", *argv]),
+        "data": f"{stdlib_name()}, first 2 MiB of the top-level modules",
+        "model": dataclasses.asdict(SOAK_MODEL),
+        "results": [],
+    }
     p = record["provenance"]
     dirty = " (dirty tree)" if p["dirty"] else ""
-    print(f"aurora-opt {p['version']}, commit {p['commit']}{dirty}, torch {p['torch']}, "
-          f"{p['threads']} threads, {p['machine']['cpu']}, {args.steps} steps")
-    print("| optimizer | steps | mean loss, first → last 50 steps | finite | RSS after warm-up → end (MiB) | state bytes first → end | s/step |")
+    print(
+        f"aurora-opt {p['version']}, commit {p['commit']}{dirty}, torch {p['torch']}, "
+        f"{p['threads']} threads, {p['machine']['cpu']}, {args.steps} steps"
+    )
+    print(
+        "| optimizer | steps | mean loss, first → last 50 steps | finite | RSS after warm-up → end (MiB) "
+        "| state bytes first → end | s/step |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in args.optimizers:
         r = soak(name, args.steps)
@@ -175,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(json.dumps(record, indent=1) + "\n")
         print(
             f"| {r.optimizer} | {r.steps} | {r.first_loss:.3f} → {r.final_loss:.3f} | {r.all_finite} | "
-            f"{r.rss_after_warmup / 2**20:.1f} → {r.rss_end / 2**20:.1f} | {r.state_bytes_first} → {r.state_bytes_end} | "
+            f"{r.rss_after_warmup / 2**20:.1f} → {r.rss_end / 2**20:.1f} | "
+            f"{r.state_bytes_first} → {r.state_bytes_end} | "
             f"{r.seconds / r.steps:.4f} |",
             flush=True,
         )

@@ -37,9 +37,32 @@ def test_tiny_run_on_shards_writes_log_and_result(tmp_path, train_gpt2):
     write_shard(data / "fineweb_train_000001.bin", rng.integers(0, 256, 20_000))
     write_shard(data / "fineweb_val_000000.bin", rng.integers(0, 256, 4_000))
     out = tmp_path / "run"
-    argv = ["--config", "tiny", "--data", str(data), "--optimizer", "aurora", "--lr", "0.03", "--steps", "4",
-            "--batch-size", "2", "--log-every", "2", "--val-every", "4", "--val-tokens", "512", "--diag-every", "1",
-            "--device", "cpu", "--out", str(out)]
+    argv = [
+        "--config",
+        "tiny",
+        "--data",
+        str(data),
+        "--optimizer",
+        "aurora",
+        "--lr",
+        "0.03",
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--log-every",
+        "2",
+        "--val-every",
+        "4",
+        "--val-tokens",
+        "512",
+        "--diag-every",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert train_gpt2.main(argv) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [2, 4]
@@ -60,8 +83,24 @@ def test_tiny_run_on_shards_writes_log_and_result(tmp_path, train_gpt2):
 
 def test_tiny_run_on_the_byte_corpus_and_the_time_budget(tmp_path, train_gpt2, capsys):
     out = tmp_path / "run"
-    argv = ["--config", "tiny", "--optimizer", "muon", "--steps", "50", "--batch-size", "2", "--val-tokens", "256",
-            "--max-minutes", "0", "--device", "cpu", "--out", str(out)]
+    argv = [
+        "--config",
+        "tiny",
+        "--optimizer",
+        "muon",
+        "--steps",
+        "50",
+        "--batch-size",
+        "2",
+        "--val-tokens",
+        "256",
+        "--max-minutes",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert train_gpt2.main(argv) == 0
     result = json.loads((out / "result.json").read_text())
     # a zero budget stops before the first step, after one evaluation

@@ -27,7 +27,6 @@ import statistics
 import sys
 import time
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +200,9 @@ def measure(
     muon = results["muon"]
     for entry in results.values():
         entry["ratio_to_muon"] = entry["seconds"] / muon["seconds"]
-        entry["extra_peak_over_muon_in_largest_matrices"] = (entry["peak_step_bytes"] - muon["peak_step_bytes"]) / largest
+        entry["extra_peak_over_muon_in_largest_matrices"] = (
+            entry["peak_step_bytes"] - muon["peak_step_bytes"]
+        ) / largest
     return results
 
 
@@ -245,7 +246,8 @@ def machine_description(device: torch.device) -> str:
 
 def _format_table(rows: list[tuple[str, dict[str, dict[str, float]]]]) -> list[str]:
     lines = [
-        "| shape | optimizer | ms | × Muon | row error | ⟨M,U⟩/‖M‖_* | state floats/param | extra peak (largest matrices) |",
+        "| shape | optimizer | ms | × Muon | row error | ⟨M,U⟩/‖M‖_* | state floats/param "
+        "| extra peak (largest matrices) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for label, results in rows:
@@ -282,8 +284,11 @@ def markdown(report: dict[str, Any]) -> str:
     if "provenance" in report:
         p = report["provenance"]
         commit = "not recorded" if p["commit"] is None else p["commit"][:12] + (" (dirty tree)" if p["dirty"] else "")
-        lines += ["", f"Code: aurora-opt {p['version']}, commit {commit}; `{p['command']}`; CPU {p['machine']['cpu']}; "
-                  f"{p['utc']}."]
+        lines += [
+            "",
+            f"Code: aurora-opt {p['version']}, commit {commit}; `{p['command']}`; CPU {p['machine']['cpu']}; "
+            f"{p['utc']}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -318,15 +323,18 @@ def run(args: argparse.Namespace) -> int:
         shapes, d_model, layers, repeats, warmup, min_seconds = QUICK_SHAPES, 16, 1, 1, 0, 0.0
     else:
         shapes = GPU_SHAPES if device.type == "cuda" else CPU_SHAPES
-        d_model, layers, repeats, warmup, min_seconds = (args.d_model, args.layers, args.repeats, args.warmup,
-                                                         args.min_seconds)
+        d_model, layers, repeats, warmup, min_seconds = (
+            args.d_model,
+            args.layers,
+            args.repeats,
+            args.warmup,
+            args.min_seconds,
+        )
     torch.set_flush_denormal(True)
     if device.type == "cpu" and args.threads > 0:
         torch.set_num_threads(args.threads)
     model_shapes = gpt_shapes(d_model, layers, args.expansion)
-    measure_kwargs = dict(
-        polar=args.polar, device=device, repeats=repeats, warmup=warmup, min_seconds=min_seconds
-    )
+    measure_kwargs = dict(polar=args.polar, device=device, repeats=repeats, warmup=warmup, min_seconds=min_seconds)
     per_shape = []
     for shape in shapes:
         per_shape.append(measure([shape], **measure_kwargs))

@@ -43,8 +43,15 @@ DEFAULT_OPTIMIZERS = ("muon", "normuon", "unormuon", "aurora")
 #: lr of each optimizer in ``compare`` unless ``--lr`` says otherwise: the library defaults (muon and
 #: aurora were the best of the CPU lr sweep in docs/results/lr-sweep-cpu, default model, 300 steps,
 #: lr 0.01-0.1; the others were not swept); AdamW's is tuned for the small model
-DEFAULT_LRS: dict[str, float] = {"muon": 0.02, "normuon": 0.02, "unormuon": 0.02, "aurora": 0.02,
-                                 "riemannian_aurora": 0.02, "adamw": 3e-3, "torch_muon": 0.02}
+DEFAULT_LRS: dict[str, float] = {
+    "muon": 0.02,
+    "normuon": 0.02,
+    "unormuon": 0.02,
+    "aurora": 0.02,
+    "riemannian_aurora": 0.02,
+    "adamw": 3e-3,
+    "torch_muon": 0.02,
+}
 #: TrainConfig's defaults, which are also the command line's
 TRAIN_DEFAULTS = TrainConfig()
 #: fields of TrainConfig that vary within one command (the grid), not settings of the command
@@ -72,10 +79,18 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int) -> No
     """Model, data, run length and checkpointing: shared by every training subcommand."""
     d = TRAIN_DEFAULTS
     g = parser.add_argument_group("model and data")
-    g.add_argument("--data", type=Path, default=None,
-                   help="text file, directory of text files, or .bin token shard(s); default: Python's stdlib source")
-    g.add_argument("--mlp-expansion", type=int, default=d.mlp_expansion,
-                   help=f"MLP hidden width / d_model (default {d.mlp_expansion})")
+    g.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="text file, directory of text files, or .bin token shard(s); default: Python's stdlib source",
+    )
+    g.add_argument(
+        "--mlp-expansion",
+        type=int,
+        default=d.mlp_expansion,
+        help=f"MLP hidden width / d_model (default {d.mlp_expansion})",
+    )
     g.add_argument("--mlp", choices=("swiglu", "gelu"), default=d.mlp)
     g.add_argument("--n-layer", type=int, default=d.n_layer)
     g.add_argument("--n-head", type=int, default=d.n_head)
@@ -85,8 +100,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int) -> No
     g = parser.add_argument_group("training")
     g.add_argument("--steps", type=int, default=steps, help=f"optimizer steps per run (default {steps})")
     g.add_argument("--weight-decay", type=float, default=None, help="default: each optimizer's own default")
-    g.add_argument("--adamw-lr", type=float, default=d.adamw_lr,
-                   help="lr of embeddings, head and norms (all optimizers)")
+    g.add_argument(
+        "--adamw-lr", type=float, default=d.adamw_lr, help="lr of embeddings, head and norms (all optimizers)"
+    )
     g.add_argument("--device", default=d.device, help="cpu (fp32) or cuda (bf16 autocast)")
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps between recorded diagnostics")
     g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation losses")
@@ -94,18 +110,30 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int) -> No
     g.add_argument("--diag-every", type=int, default=d.diag_every, help="measure update shares every N steps")
     g = parser.add_argument_group("output and checkpoints")
     g.add_argument("--out", type=Path, default=None, help="output directory")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help="steps between checkpoints (0: never)")
+    g.add_argument(
+        "--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: never)"
+    )
     g.add_argument("--resume", action="store_true", help="continue from the checkpoints and finished runs in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _run_config(args: argparse.Namespace, **fields: Any) -> TrainConfig:
     base = dict(
-        weight_decay=args.weight_decay, adamw_lr=args.adamw_lr, steps=args.steps, batch_size=args.batch_size,
-        seq_len=args.seq_len, n_layer=args.n_layer, n_head=args.n_head, d_model=args.d_model,
-        mlp_expansion=args.mlp_expansion, mlp=args.mlp, device=args.device, log_every=args.log_every,
-        eval_every=args.eval_every, eval_batches=args.eval_batches, diag_every=args.diag_every,
+        weight_decay=args.weight_decay,
+        adamw_lr=args.adamw_lr,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        d_model=args.d_model,
+        mlp_expansion=args.mlp_expansion,
+        mlp=args.mlp,
+        device=args.device,
+        log_every=args.log_every,
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        diag_every=args.diag_every,
         checkpoint_every=args.checkpoint_every,
     )
     base.update(fields)
@@ -118,9 +146,11 @@ def _run_config(args: argparse.Namespace, **fields: Any) -> TrainConfig:
 def _parse_lrs(text: str | None, optimizers: list[str]) -> tuple[dict[str, float], str]:
     """``--lr``: one number for all (matched), or ``name=value,...``; default: ``DEFAULT_LRS``."""
     if text is None:
-        return ({name: DEFAULT_LRS[name] for name in optimizers},
-                "each optimizer at its default lr for this command (best of the CPU lr sweep for muon and "
-                "aurora; Muon's lr for normuon and unormuon, not swept; docs/neuron-health.md)")
+        return (
+            {name: DEFAULT_LRS[name] for name in optimizers},
+            "each optimizer at its default lr for this command (best of the CPU lr sweep for muon and "
+            "aurora; Muon's lr for normuon and unormuon, not swept; docs/neuron-health.md)",
+        )
     if "=" not in text:
         try:
             value = float(text)
@@ -212,8 +242,11 @@ class Runner:
         done = self.out / "runs" / f"{key}.json"
         if self.resume and done.exists():
             return RunResult(**json.loads(done.read_text()))
-        bar = self.tqdm(total=config.steps, desc=label, unit="step", leave=True, dynamic_ncols=True) \
-            if self.progress else None
+        bar = (
+            self.tqdm(total=config.steps, desc=label, unit="step", leave=True, dynamic_ncols=True)
+            if self.progress
+            else None
+        )
 
         def progress(step: int, record: dict[str, Any]) -> None:
             if bar is None:
@@ -226,9 +259,15 @@ class Runner:
             bar.refresh()
 
         try:
-            result = train(config, self.corpus, checkpoint_dir=self.out / "checkpoints" / key, resume=self.resume,
-                           stop=self.stop, progress=progress, warn=lambda m: print(f"aurora-opt: warning: {m}",
-                                                                                   file=sys.stderr))
+            result = train(
+                config,
+                self.corpus,
+                checkpoint_dir=self.out / "checkpoints" / key,
+                resume=self.resume,
+                stop=self.stop,
+                progress=progress,
+                warn=lambda m: print(f"aurora-opt: warning: {m}", file=sys.stderr),
+            )
         finally:
             if bar is not None:
                 bar.close()
@@ -254,17 +293,23 @@ def _check_settings(out: Path, command: str, settings: dict[str, Any], resume: b
     current = {"command": command, **settings}
     if resume and path.exists():
         saved = json.loads(path.read_text())
-        changed = [f"{key} {saved.get(key)!r} → {current.get(key)!r}" for key in sorted({*saved, *current})
-                   if saved.get(key) != current.get(key)]
+        changed = [
+            f"{key} {saved.get(key)!r} → {current.get(key)!r}"
+            for key in sorted({*saved, *current})
+            if saved.get(key) != current.get(key)
+        ]
         if changed:
-            raise UsageError(f"--resume: the settings differ from those in {path} ({'; '.join(changed)}); "
-                             "use the original settings or a new --out directory")
+            raise UsageError(
+                f"--resume: the settings differ from those in {path} ({'; '.join(changed)}); "
+                "use the original settings or a new --out directory"
+            )
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, current)
 
 
-def _run_all(args: argparse.Namespace, command: str, default_out: str,
-             grid: list[tuple[TrainConfig, str]]) -> tuple[Path, Corpus, list[RunResult], float] | int:
+def _run_all(
+    args: argparse.Namespace, command: str, default_out: str, grid: list[tuple[TrainConfig, str]]
+) -> tuple[Path, Corpus, list[RunResult], float] | int:
     """The one run loop of ``compare`` and ``sweep``: train every (config, label) of ``grid`` in
     order into the output directory. Returns (out, corpus, results, wall seconds), or the exit code
     if a signal stopped it."""
@@ -288,44 +333,77 @@ def _run_all(args: argparse.Namespace, command: str, default_out: str,
 
 
 def _interrupted(stop: StopRequest, out: Path) -> int:
-    print(f"aurora-opt: stopped by signal {stop.signal}; checkpoint saved under {out / 'checkpoints'}. "
-          f"Continue with the same command and --resume.", file=sys.stderr)
+    print(
+        f"aurora-opt: stopped by signal {stop.signal}; checkpoint saved under {out / 'checkpoints'}. "
+        f"Continue with the same command and --resume.",
+        file=sys.stderr,
+    )
     return 128 + int(stop.signal or 0)
 
 
 def _load_corpus(args: argparse.Namespace) -> Corpus:
     corpus = load_corpus(args.data, min_tokens=args.seq_len + 2)
     if args.data is None and not args.no_progress:
-        print(f"data: {corpus.source} ({corpus.train.numel():,} train / {corpus.val.numel():,} val bytes)",
-              file=sys.stderr)
+        print(
+            f"data: {corpus.source} ({corpus.train.numel():,} train / {corpus.val.numel():,} val bytes)",
+            file=sys.stderr,
+        )
     return corpus
 
 
-def _results(args: argparse.Namespace, corpus: Corpus, runs: list[RunResult], wall_seconds: float,
-             **config: Any) -> dict[str, Any]:
+def _results(
+    args: argparse.Namespace, corpus: Corpus, runs: list[RunResult], wall_seconds: float, **config: Any
+) -> dict[str, Any]:
     """results.json: provenance, the shared settings plus ``config``, and every run's history."""
     settings = _settings(args, corpus)
     settings.update(num_params=runs[0].num_params, checkpoint_every=args.checkpoint_every, **config)
-    return {"provenance": {**provenance(args.device, args.command_line), "load_average": load_average()},
-            "config": settings,
-            "wall_seconds": wall_seconds, "runs": [r.results_entry() for r in runs]}
+    return {
+        "provenance": {**provenance(args.device, args.command_line), "load_average": load_average()},
+        "config": settings,
+        "wall_seconds": wall_seconds,
+        "runs": [r.results_entry() for r in runs],
+    }
 
 
 def run_compare(args: argparse.Namespace) -> int:
     optimizers = _check_optimizers(args.optimizers)
     lrs, lr_source = _parse_lrs(args.lr, optimizers)
     leverage_steps = args.leverage_steps or sorted({max(1, args.steps // 10), max(1, args.steps // 2), args.steps})
-    grid = [(_run_config(args, optimizer=name, lr=lrs[name], seed=args.seed, leverage_steps=tuple(leverage_steps)),
-             f"[{index + 1}/{len(optimizers)}] {name} lr {lrs[name]:g}") for index, name in enumerate(optimizers)]
+    grid = [
+        (
+            _run_config(args, optimizer=name, lr=lrs[name], seed=args.seed, leverage_steps=tuple(leverage_steps)),
+            f"[{index + 1}/{len(optimizers)}] {name} lr {lrs[name]:g}",
+        )
+        for index, name in enumerate(optimizers)
+    ]
     done = _run_all(args, "compare", "aurora-compare", grid)
     if isinstance(done, int):
         return done
     out, corpus, runs, wall_seconds = done
-    results = _results(args, corpus, runs, wall_seconds, mlp_expansion=args.mlp_expansion, optimizers=optimizers,
-                       seed=args.seed, lrs=lrs, lr_source=lr_source, leverage_steps=leverage_steps)
-    diagnostics = {"runs": [{"optimizer": r.optimizer, "layers": r.layers, "leverage": r.leverage,
-                             "diagnostic_seconds": r.diagnostic_seconds, "train_seconds": r.train_seconds}
-                            for r in runs]}
+    results = _results(
+        args,
+        corpus,
+        runs,
+        wall_seconds,
+        mlp_expansion=args.mlp_expansion,
+        optimizers=optimizers,
+        seed=args.seed,
+        lrs=lrs,
+        lr_source=lr_source,
+        leverage_steps=leverage_steps,
+    )
+    diagnostics = {
+        "runs": [
+            {
+                "optimizer": r.optimizer,
+                "layers": r.layers,
+                "leverage": r.leverage,
+                "diagnostic_seconds": r.diagnostic_seconds,
+                "train_seconds": r.train_seconds,
+            }
+            for r in runs
+        ]
+    }
     write_json(out / "results.json", results)
     write_json(out / "diagnostics.json", diagnostics)
     plots = plot_compare(out, results["runs"], diagnostics)
@@ -339,17 +417,23 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_sweep(args: argparse.Namespace) -> int:
     optimizers = _check_optimizers(args.optimizers)
     lrs = _parse_sweep_lrs(args.lrs, optimizers)
-    cells = [(e, name, lr, seed) for e in args.expansions for name in optimizers for lr in lrs[name]
-             for seed in args.seeds]
-    grid = [(_run_config(args, optimizer=name, lr=lr, seed=seed, mlp_expansion=e),
-             f"[{index + 1}/{len(cells)}] e{e} {name} lr {lr:g} seed {seed}")
-            for index, (e, name, lr, seed) in enumerate(cells)]
+    cells = [
+        (e, name, lr, seed) for e in args.expansions for name in optimizers for lr in lrs[name] for seed in args.seeds
+    ]
+    grid = [
+        (
+            _run_config(args, optimizer=name, lr=lr, seed=seed, mlp_expansion=e),
+            f"[{index + 1}/{len(cells)}] e{e} {name} lr {lr:g} seed {seed}",
+        )
+        for index, (e, name, lr, seed) in enumerate(cells)
+    ]
     done = _run_all(args, "sweep", "aurora-sweep", grid)
     if isinstance(done, int):
         return done
     out, corpus, runs, wall_seconds = done
-    results = _results(args, corpus, runs, wall_seconds, optimizers=optimizers, expansions=args.expansions,
-                       lrs=lrs, seeds=args.seeds)
+    results = _results(
+        args, corpus, runs, wall_seconds, optimizers=optimizers, expansions=args.expansions, lrs=lrs, seeds=args.seeds
+    )
     summary = sweep_summary(results["runs"])
     write_json(out / "results.json", results)
     write_json(out / "summary.json", summary)
@@ -357,8 +441,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     report = sweep_report(results, summary)
     (out / "report.md").write_text(report)
     print(report)
-    print(f"wrote {out / 'results.json'}, summary.json, {', '.join(p.name for p in plots)}, report.md",
-          file=sys.stderr)
+    print(f"wrote {out / 'results.json'}, summary.json, {', '.join(p.name for p in plots)}, report.md", file=sys.stderr)
     return 0
 
 
@@ -381,14 +464,18 @@ def run_report(args: argparse.Namespace) -> int:
     try:
         filled = fill_tables(text, args.readme.parent)
     except OSError as err:
-        raise UsageError(f"--readme {args.readme}: a results-table names a directory without results.json "
-                         f"({err.filename})") from None
+        raise UsageError(
+            f"--readme {args.readme}: a results-table names a directory without results.json ({err.filename})"
+        ) from None
     if filled == text:
         print(f"{args.readme}: tables up to date", file=sys.stderr)
         return 0
     if args.check:
-        print(f"aurora-opt: {args.readme}: tables differ from the results they name; "
-              f"run aurora-opt report --readme {args.readme}", file=sys.stderr)
+        print(
+            f"aurora-opt: {args.readme}: tables differ from the results they name; "
+            f"run aurora-opt report --readme {args.readme}",
+            file=sys.stderr,
+        )
         return 1
     args.readme.write_text(filled)
     print(f"wrote the tables of {args.readme}", file=sys.stderr)
@@ -404,46 +491,81 @@ def _install_stop() -> StopRequest:
 
 # ---------------------------------------------------------------------------------------------- parser
 def _add_compare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--optimizers", type=_csv(str), default=list(DEFAULT_OPTIMIZERS),
-                        help=f"comma-separated (default {','.join(DEFAULT_OPTIMIZERS)}); any of {', '.join(optimizer_names())}")
-    parser.add_argument("--lr", default=None,
-                        help="one lr for all (matched), or name=value,...; default: each optimizer's tuned lr")
+    parser.add_argument(
+        "--optimizers",
+        type=_csv(str),
+        default=list(DEFAULT_OPTIMIZERS),
+        help=f"comma-separated (default {','.join(DEFAULT_OPTIMIZERS)}); any of {', '.join(optimizer_names())}",
+    )
+    parser.add_argument(
+        "--lr", default=None, help="one lr for all (matched), or name=value,...; default: each optimizer's tuned lr"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--leverage-steps", type=_csv(int), default=None,
-                        help="steps at which to record leverage histograms (default: 10%%, 50%%, 100%% of --steps)")
+    parser.add_argument(
+        "--leverage-steps",
+        type=_csv(int),
+        default=None,
+        help="steps at which to record leverage histograms (default: 10%%, 50%%, 100%% of --steps)",
+    )
     add_training_arguments(parser, steps=300)
 
 
 def _add_sweep(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--optimizers", type=_csv(str), default=["muon", "aurora"],
-                        help=f"comma-separated (default muon,aurora); any of {', '.join(optimizer_names())}")
+    parser.add_argument(
+        "--optimizers",
+        type=_csv(str),
+        default=["muon", "aurora"],
+        help=f"comma-separated (default muon,aurora); any of {', '.join(optimizer_names())}",
+    )
     parser.add_argument("--expansions", type=_csv(int), default=[2, 4, 8], help="MLP expansion factors (default 2,4,8)")
-    parser.add_argument("--lrs", action="append", default=None, metavar="[NAME=]LR,LR,...",
-                        help="learning rates tried: a list for every optimizer, or NAME=list for one; repeatable "
-                        f"(default {','.join(f'{lr:g}' for lr in DEFAULT_SWEEP_LRS)} for each)")
+    parser.add_argument(
+        "--lrs",
+        action="append",
+        default=None,
+        metavar="[NAME=]LR,LR,...",
+        help="learning rates tried: a list for every optimizer, or NAME=list for one; repeatable "
+        f"(default {','.join(f'{lr:g}' for lr in DEFAULT_SWEEP_LRS)} for each)",
+    )
     parser.add_argument("--seeds", type=_csv(int), default=[0, 1])
     add_training_arguments(parser, steps=300)
 
 
 def _add_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dirs", type=Path, nargs="*", help="compare or sweep output directories (with results.json)")
-    parser.add_argument("--readme", type=Path, default=None,
-                        help="fill the tables between <!-- results-table: DIR --> and <!-- /results-table --> "
-                        "(DIR relative to the file) from DIR/results.json")
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if a --readme table differs from its results")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="fill the tables between <!-- results-table: DIR --> and <!-- /results-table --> "
+        "(DIR relative to the file) from DIR/results.json",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a --readme table differs from its results"
+    )
     parser.add_argument("--no-plots", action="store_true", help="report.md and summary.json only")
 
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
-    "compare": ("train the same model with each optimizer; write results.json, plots, report.md",
-                _add_compare, run_compare),
-    "sweep": ("MLP expansion × lr × seed grid: each optimizer at its best lr, and Aurora's gain vs expansion",
-              _add_sweep, run_sweep),
-    "report": ("regenerate report.md, summary.json and plots from results.json, and README tables from them",
-               _add_report, run_report),
-    "bench": ("time the optimizer step of Muon and the Auroras per matrix shape and for a small GPT, with accuracy",
-              bench.add_arguments, bench.run),
+    "compare": (
+        "train the same model with each optimizer; write results.json, plots, report.md",
+        _add_compare,
+        run_compare,
+    ),
+    "sweep": (
+        "MLP expansion × lr × seed grid: each optimizer at its best lr, and Aurora's gain vs expansion",
+        _add_sweep,
+        run_sweep,
+    ),
+    "report": (
+        "regenerate report.md, summary.json and plots from results.json, and README tables from them",
+        _add_report,
+        run_report,
+    ),
+    "bench": (
+        "time the optimizer step of Muon and the Auroras per matrix shape and for a small GPT, with accuracy",
+        bench.add_arguments,
+        bench.run,
+    ),
 }
 
 

@@ -178,7 +178,9 @@ def _communication_device(device: torch.device, process_group: Any) -> torch.dev
     return device
 
 
-def check_same_work(shapes: Sequence[Sequence[int]], dtypes: Sequence[torch.dtype], device: torch.device, process_group: Any) -> None:
+def check_same_work(
+    shapes: Sequence[Sequence[int]], dtypes: Sequence[torch.dtype], device: torch.device, process_group: Any
+) -> None:
     """Raise on every rank unless all ranks step the same list of matrices (shapes and dtypes).
 
     One tiny ``all_gather`` per param group; it turns a silent mismatch (ranks that disagree about
@@ -302,7 +304,12 @@ def _exchange(
 
 
 def _assemble_on_owner(
-    local_momenta: Sequence[Tensor], layout: _RowBlocks, rank: int, dtype: torch.dtype, device: torch.device, process_group: Any
+    local_momenta: Sequence[Tensor],
+    layout: _RowBlocks,
+    rank: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    process_group: Any,
 ) -> list[Tensor]:
     """Send every momentum shard to its matrix's owner; return the whole momenta this rank owns.
 
@@ -399,4 +406,6 @@ def sharded_directions(
     whole = _assemble_on_owner(local_momenta, layout, rank, dtype, device, process_group)
     directions = compute(mine, [M.to(param_dtypes[i]) for i, M in zip(mine, whole)])
     local_shapes = [M.shape for M in local_momenta]
-    return _return_rows(directions, local_shapes, layout, rank, param_dtypes, direction_state, dtype, device, process_group)
+    return _return_rows(
+        directions, local_shapes, layout, rank, param_dtypes, direction_state, dtype, device, process_group
+    )

@@ -89,9 +89,7 @@ def param_groups(
     the optimizer's ``adamw_*`` defaults apply. With ``names`` the groups carry ``"param_names"``,
     so errors name the parameter.
     """
-    embedding_weights = {
-        id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
-    }
+    embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
     tied_head = any(isinstance(m, nn.Linear) and id(m.weight) in embedding_weights for m in model.modules())
     heads = head_modules(model, head_names)
     if not heads and not tied_head:

@@ -16,7 +16,8 @@ takes the backend's default. Pick a backend by name with :func:`get_polar`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -202,7 +203,9 @@ def svd_polar(G: Tensor, *, steps: int | None = None, eps: float = 1e-7) -> Tens
     m, n = G.shape[-2:]
     info = torch.finfo(G.dtype)
     svd_error = max(m, n) * torch.finfo(torch.float64).eps * S[..., :1]
-    rounding = info.eps * S.square().sum(dim=-1, keepdim=True).sqrt() + (math.sqrt(m) + math.sqrt(n)) * info.tiny * info.eps
+    rounding = (
+        info.eps * S.square().sum(dim=-1, keepdim=True).sqrt() + (math.sqrt(m) + math.sqrt(n)) * info.tiny * info.eps
+    )
     tolerance = svd_error + rounding
     keep = (S > tolerance).to(torch.float64).unsqueeze(-2)
     return ((U * keep) @ Vh).to(G.dtype)

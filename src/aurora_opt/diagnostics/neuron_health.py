@@ -30,7 +30,9 @@ from ..optim import lookahead_momentum
 from ..param_groups import is_in_out_linear
 
 #: module names of MLP input projections (SwiGLU gate/up, GELU fc; common spellings in LLaMA/T5/GPT code)
-MLP_INPUT_NAMES = frozenset({"gate", "up", "fc", "c_fc", "fc1", "w1", "w3", "gate_proj", "up_proj", "wi", "wi_0", "wi_1"})
+MLP_INPUT_NAMES = frozenset(
+    {"gate", "up", "fc", "c_fc", "fc1", "w1", "w3", "gate_proj", "up_proj", "wi", "wi_0", "wi_1"}
+)
 #: smoothed share below which a row counts as starved (a tenth of the uniform share)
 STARVED_SHARE = 0.1
 #: mean |activation| below this fraction of the layer median marks a hidden unit inactive
@@ -92,10 +94,14 @@ def linear_features(module: nn.Module) -> tuple[int, int] | None:
 def unwrap_optimizer(optimizer: Any) -> Optimizer:
     """The torch optimizer inside wrappers that keep it in ``.optimizer`` (accelerate's
     ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``), which have no step hooks of their own."""
-    while not isinstance(getattr(optimizer, "_optimizer_step_pre_hooks", None), dict) and hasattr(optimizer, "optimizer"):
+    while not isinstance(getattr(optimizer, "_optimizer_step_pre_hooks", None), dict) and hasattr(
+        optimizer, "optimizer"
+    ):
         optimizer = optimizer.optimizer
     if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"{type(optimizer).__name__} is not a torch.optim.Optimizer nor a wrapper holding one in .optimizer")
+        raise TypeError(
+            f"{type(optimizer).__name__} is not a torch.optim.Optimizer nor a wrapper holding one in .optimizer"
+        )
     return optimizer
 
 
@@ -329,7 +335,9 @@ class NeuronHealth:
             act_dead_fraction=act_dead,
             layer_starved=self.layer_starved(),
             layer_act_dead=layer_dead,
-            layer_row_norm_cv={name: row_norm_spread(self._rows(name, m.weight)) for name, m in self.projections.items()},
+            layer_row_norm_cv={
+                name: row_norm_spread(self._rows(name, m.weight)) for name, m in self.projections.items()
+            },
         )
 
     def leverage(self, *optimizers: Optimizer) -> dict[str, Tensor]:

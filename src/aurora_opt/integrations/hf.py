@@ -1,7 +1,7 @@
 """Neuron health in the Hugging Face ``Trainer`` (``pip install aurora-opt[hf]``).
 
-    trainer = Trainer(model, args, ..., optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(model, "aurora"))
-    trainer.add_callback(NeuronHealthCallback(trainer))
+trainer = Trainer(model, args, ..., optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(model, "aurora"))
+trainer.add_callback(NeuronHealthCallback(trainer))
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ try:
     from transformers import TrainerCallback
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "aurora_opt.integrations.hf needs transformers (pip install 'aurora-opt[hf]'); importing it failed: "
-        f"{error}"
+        f"aurora_opt.integrations.hf needs transformers (pip install 'aurora-opt[hf]'); importing it failed: {error}"
     ) from error
 
 from ..diagnostics import NeuronHealth
@@ -43,7 +42,9 @@ class NeuronHealthCallback(TrainerCallback):
         self.health: NeuronHealth | None = None
         self.metrics: HealthMetrics | None = None
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
+    ) -> None:
         if self.health is not None:
             self.health.detach()
         self.health = NeuronHealth(model, self.modules, every=self.every).attach(optimizer)

@@ -89,7 +89,9 @@ def _check_lr(value: Any) -> None:
     compiled step does not recompile)."""
     if isinstance(value, Tensor):
         if value.numel() != 1 or value.dim() != 0 or not value.is_floating_point():
-            raise ValueError(f"invalid lr: a tensor lr must be a 0-d floating tensor, got shape {tuple(value.shape)} {value.dtype}")
+            raise ValueError(
+                f"invalid lr: a tensor lr must be a 0-d floating tensor, got shape {tuple(value.shape)} {value.dtype}"
+            )
         if value.device.type != "meta":
             _check_float("lr", float(value), 0.0)
         return
@@ -159,7 +161,9 @@ class SpectralOptimizer(Optimizer):
         **unexpected: Any,
     ) -> None:
         if unexpected:
-            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s): {', '.join(sorted(unexpected))}")
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword argument(s): {', '.join(sorted(unexpected))}"
+            )
         self._process_group_arg = process_group
         distributed.resolve_process_group(process_group)
         if on_nonfinite_grad not in NONFINITE_POLICIES:
@@ -195,7 +199,9 @@ class SpectralOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self._name_unnamed_group(param_group)
         if param_group.get("weight_layout", "out_in") not in WEIGHT_LAYOUTS:
-            raise ValueError(f"invalid weight_layout: {param_group['weight_layout']!r} (expected one of {WEIGHT_LAYOUTS})")
+            raise ValueError(
+                f"invalid weight_layout: {param_group['weight_layout']!r} (expected one of {WEIGHT_LAYOUTS})"
+            )
         if param_group.get("algorithm") == ADAMW:
             for key, value in self._adamw_defaults.items():
                 param_group.setdefault(key, value)
@@ -259,7 +265,9 @@ class SpectralOptimizer(Optimizer):
         self._validate_algorithm(group)
         self._check_params(group, min_dim=2)
         if group["weight_layout"] == "in_out" and any(p.dim() > 3 for p in group["params"]):
-            raise ValueError("weight_layout 'in_out' applies to 2-D weights and 3-D stacks of them, not convolution kernels")
+            raise ValueError(
+                "weight_layout 'in_out' applies to 2-D weights and 3-D stacks of them, not convolution kernels"
+            )
 
     def _validate_algorithm(self, group: dict[str, Any]) -> None:
         """Check the algorithm's own hyperparameters; raise ``ValueError`` naming the bad one."""
@@ -267,7 +275,9 @@ class SpectralOptimizer(Optimizer):
     def _check_params(self, group: dict[str, Any], *, min_dim: int) -> None:
         for index, p in enumerate(group["params"]):
             if p.is_complex():
-                raise ValueError(f"{self._param_name(group, index)} is complex; {type(self).__name__} supports real parameters")
+                raise ValueError(
+                    f"{self._param_name(group, index)} is complex; {type(self).__name__} supports real parameters"
+                )
             if not p.is_floating_point():
                 raise ValueError(f"{self._param_name(group, index)} has dtype {p.dtype}; expected a floating dtype")
             if p.dim() < min_dim:
@@ -318,9 +328,11 @@ class SpectralOptimizer(Optimizer):
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
-                    raise RuntimeError(f"{self._param_name(group, index)} has a sparse gradient; {type(self).__name__} needs dense gradients")
+                    name = self._param_name(group, index)
+                    raise RuntimeError(f"{name} has a sparse gradient; {type(self).__name__} needs dense gradients")
                 if p.grad.is_complex():
-                    raise RuntimeError(f"{self._param_name(group, index)} has a complex gradient; {type(self).__name__} needs real gradients")
+                    name = self._param_name(group, index)
+                    raise RuntimeError(f"{name} has a complex gradient; {type(self).__name__} needs real gradients")
                 grads.append(p.grad)
                 where.append((group, index, p))
         if not grads or grads[0].device.type == "meta":  # meta tensors hold no values to check
@@ -374,7 +386,7 @@ class SpectralOptimizer(Optimizer):
         ``torch.compile`` runs a method of this name eagerly instead of tracing it (as for
         torch.optim's own optimizers), so the first step compiles the same graph as every later one.
         """
-        for group, p in ((group, p) for group in self.param_groups for p in group["params"]):
+        for group, p in ((g, p) for g in self.param_groups for p in g["params"]):
             if p.grad is None:
                 continue
             state = self.state[p]
@@ -442,7 +454,8 @@ class SpectralOptimizer(Optimizer):
             # Every direction is invariant to the scale of M: an exact power-of-two rescale keeps norms
             # finite for gradients near 1e±30 and keeps a low-precision polar_dtype cast from overflowing.
             matrices = [
-                scaled_to_unit_max(as_matrices(M).to(torch.promote_types(M.dtype, torch.float32))) for M in whole_momenta
+                scaled_to_unit_max(as_matrices(M).to(torch.promote_types(M.dtype, torch.float32)))
+                for M in whole_momenta
             ]
             if in_out:  # directions are taken on the (out, in) matrices, rows = output neurons
                 matrices = [M.mT for M in matrices]
@@ -450,7 +463,9 @@ class SpectralOptimizer(Optimizer):
             return [U.mT for U in directions] if in_out else directions
 
         if process_group is None:
-            directions = [U.reshape(p.shape).to(p.dtype) for p, U in zip(params, compute(list(range(len(params))), momenta))]
+            directions = [
+                U.reshape(p.shape).to(p.dtype) for p, U in zip(params, compute(list(range(len(params))), momenta))
+            ]
         else:
             direction_state = [self._direction_state(state) for state in states]
             dtypes = [p.dtype for p in params]
@@ -488,7 +503,9 @@ class SpectralOptimizer(Optimizer):
         sharded = any(distributed.is_dtensor(p) for p in group["params"])
         if process_group is None:
             if sharded:
-                raise ValueError("DTensor (sharded) parameters need the distributed step; do not pass process_group='local'")
+                raise ValueError(
+                    "DTensor (sharded) parameters need the distributed step; do not pass process_group='local'"
+                )
             return None
         if not group["params"] or (not sharded and dist.get_world_size(process_group) == 1):
             return None

@@ -104,9 +104,7 @@ class _Evaluation:
         self.G = self.Y.mT @ self.Y
         # ½ Σ_ij R_ij² W_ij + ½ Σ_j s̃_j + (t/2) Σ_i μ_i (the constant shift cancels since m·t = n)
         self.dual = 0.5 * (
-            _frobenius(R * self.W, R)
-            + s.sum(dim=-1, keepdim=True)
-            + t * (self.mu * active).sum(dim=-2, keepdim=True)
+            _frobenius(R * self.W, R) + s.sum(dim=-1, keepdim=True) + t * (self.mu * active).sum(dim=-2, keepdim=True)
         )
 
 

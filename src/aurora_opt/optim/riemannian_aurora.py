@@ -148,9 +148,10 @@ def riemannian_aurora_direction(
     polar factor; then ``ascent_steps`` times: Z = tangent projection of X, candidate
     retract(U + t·Z), kept only where it raises ⟨X, U⟩ (t grows by 1.5 then, else halves).
     The first t is n/⟨X, U⟩, the step that would be exact on a sphere, capped at a move of
-    ``FIRST_STEP``·‖U‖_F. ``balance`` picks how the balanced polar factor is found: ``"gram"`` (Gram/Cholesky leverage, one polar factor per
-    retraction, at most ``balance_steps`` Gram steps) or ``"polar"`` (at most ``balance_steps``
-    polar factors). ``skipped_ascents`` / ``stalled_ascents`` [B] (optional, incremented in place):
+    ``FIRST_STEP``·‖U‖_F. ``balance`` picks how the balanced polar factor is found: ``"gram"``
+    (Gram/Cholesky leverage, one polar factor per retraction, at most ``balance_steps`` Gram steps)
+    or ``"polar"`` (at most ``balance_steps`` polar factors). ``skipped_ascents`` /
+    ``stalled_ascents`` [B] (optional, incremented in place):
     +1 where the start point is not semi-orthogonal, so the ascent cannot run (rank-deficient M, an
     inexact polar factor), and where it ran but accepted no step.
     """

@@ -37,8 +37,12 @@ class Corpus:
     source: str
 
     def describe(self) -> dict[str, object]:
-        return {"source": self.source, "vocab_size": self.vocab_size, "train_tokens": int(self.train.numel()),
-                "val_tokens": int(self.val.numel())}
+        return {
+            "source": self.source,
+            "vocab_size": self.vocab_size,
+            "train_tokens": int(self.train.numel()),
+            "val_tokens": int(self.val.numel()),
+        }
 
 
 def _is_val(relative_path: str) -> bool:
@@ -61,8 +65,10 @@ def _bytes_corpus(files: list[tuple[str, Path]], source: str, min_tokens: int) -
         train, val = train[:cut], train[cut:]
     for name, part in (("training", train), ("validation", val)):
         if len(part) < min_tokens:
-            raise DataError(f"{source}: {len(train) + len(val)} bytes of text is too little "
-                            f"(the {name} split needs at least {min_tokens} bytes)")
+            raise DataError(
+                f"{source}: {len(train) + len(val)} bytes of text is too little "
+                f"(the {name} split needs at least {min_tokens} bytes)"
+            )
     as_tensor = lambda b: torch.from_numpy(np.frombuffer(b, dtype=np.uint8).astype(np.int64))  # noqa: E731
     return Corpus(as_tensor(train), as_tensor(val), 256, source)
 

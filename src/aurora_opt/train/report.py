@@ -36,15 +36,19 @@ def machine_sentence(results: dict[str, Any]) -> str:
     results written before provenance was recorded carry only ``machine``)."""
     if "provenance" not in results:
         m = results["machine"]
-        return (f"Machine: {m['processor']}, {m['cpu_count']} CPU cores, device {m['device']}"
-                f"{', ' + m['gpu'] if 'gpu' in m else ''}, torch {m['torch']}, 1-min load average at start "
-                f"{m.get('load_average', '?')}; commit not recorded.")
+        return (
+            f"Machine: {m['processor']}, {m['cpu_count']} CPU cores, device {m['device']}"
+            f"{', ' + m['gpu'] if 'gpu' in m else ''}, torch {m['torch']}, 1-min load average at start "
+            f"{m.get('load_average', '?')}; commit not recorded."
+        )
     p = results["provenance"]
     commit = "not recorded" if p["commit"] is None else p["commit"][:12] + (" (dirty tree)" if p["dirty"] else "")
-    return (f"Machine: {p['machine']['cpu']}, {p['machine']['cpu_count']} CPU cores, {p['threads']} torch "
-            f"thread(s), device {p['device']}, torch {p['torch']}, Python {p['python']}, 1-min load average at "
-            f"start {p.get('load_average', '?')}. Code: aurora-opt {p['version']}, commit {commit}; "
-            f"command `{p['command']}`; run {p['utc']}.")
+    return (
+        f"Machine: {p['machine']['cpu']}, {p['machine']['cpu_count']} CPU cores, {p['threads']} torch "
+        f"thread(s), device {p['device']}, torch {p['torch']}, Python {p['python']}, 1-min load average at "
+        f"start {p.get('load_average', '?')}. Code: aurora-opt {p['version']}, commit {commit}; "
+        f"command `{p['command']}`; run {p['utc']}."
+    )
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -75,7 +79,9 @@ def plot_compare(out: Path, runs: list[dict[str, Any]], diagnostics: dict[str, A
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in runs:
         steps = [h["step"] for h in run["history"]]
-        line, = ax.plot(steps, [h["train_loss"] for h in run["history"]], label=f"{run['optimizer']} (lr {run['lr']:g})")
+        (line,) = ax.plot(
+            steps, [h["train_loss"] for h in run["history"]], label=f"{run['optimizer']} (lr {run['lr']:g})"
+        )
         val = [(h["step"], h["val_loss"]) for h in run["history"] if h["val_loss"] is not None]
         if val:
             ax.plot(*zip(*val), "o--", color=line.get_color(), markersize=4)
@@ -87,19 +93,30 @@ def plot_compare(out: Path, runs: list[dict[str, Any]], diagnostics: dict[str, A
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in runs:
         steps = [h["step"] for h in run["history"]]
-        line, = ax.plot(steps, [100 * h["starved_fraction"] for h in run["history"]], label=f"{run['optimizer']} starved")
-        ax.plot(steps, [100 * h["act_dead_fraction"] for h in run["history"]], ":", color=line.get_color(),
-                label=f"{run['optimizer']} inactive")
-    ax.set(xlabel="step", ylabel="% of MLP hidden rows",
-           title=f"starved rows (smoothed update share < {STARVED_SHARE}), solid; inactive units, dotted")
+        (line,) = ax.plot(
+            steps, [100 * h["starved_fraction"] for h in run["history"]], label=f"{run['optimizer']} starved"
+        )
+        ax.plot(
+            steps,
+            [100 * h["act_dead_fraction"] for h in run["history"]],
+            ":",
+            color=line.get_color(),
+            label=f"{run['optimizer']} inactive",
+        )
+    ax.set(
+        xlabel="step",
+        ylabel="% of MLP hidden rows",
+        title=f"starved rows (smoothed update share < {STARVED_SHARE}), solid; inactive units, dotted",
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     paths.append(_save(fig, out / "starved.png"))
 
     lev_steps = sorted({int(s) for run in diagnostics["runs"] for s in run["leverage"]})
     if lev_steps:
-        fig, axes = plt.subplots(len(runs), len(lev_steps), figsize=(3.2 * len(lev_steps), 2.2 * len(runs)),
-                                 squeeze=False, sharex=True)
+        fig, axes = plt.subplots(
+            len(runs), len(lev_steps), figsize=(3.2 * len(lev_steps), 2.2 * len(runs)), squeeze=False, sharex=True
+        )
         for i, run in enumerate(diagnostics["runs"]):
             for j, step in enumerate(lev_steps):
                 ax = axes[i][j]
@@ -123,10 +140,17 @@ def plot_compare(out: Path, runs: list[dict[str, Any]], diagnostics: dict[str, A
         layer_names = list(run["layers"][0]["starved"]) if run["layers"] else []
         grid = [[100 * rec["starved"].get(name, 0.0) for rec in run["layers"]] for name in layer_names]
         steps = [rec["step"] for rec in run["layers"]]
-        image = ax.imshow(grid or [[0.0]], aspect="auto", vmin=0, vmax=100, cmap="magma",
-                          extent=(steps[0] if steps else 0, steps[-1] if steps else 1, len(layer_names) - 0.5, -0.5))
-        ax.set_yticks(range(len(layer_names)), [n.replace("blocks.", "L").replace(".mlp.", " ") for n in layer_names],
-                      fontsize=7)
+        image = ax.imshow(
+            grid or [[0.0]],
+            aspect="auto",
+            vmin=0,
+            vmax=100,
+            cmap="magma",
+            extent=(steps[0] if steps else 0, steps[-1] if steps else 1, len(layer_names) - 0.5, -0.5),
+        )
+        ax.set_yticks(
+            range(len(layer_names)), [n.replace("blocks.", "L").replace(".mlp.", " ") for n in layer_names], fontsize=7
+        )
         ax.set(title=run["optimizer"], xlabel="step")
     fig.colorbar(image, ax=axes[0].tolist(), label="% rows starved")
     fig.suptitle("starved fraction per layer")
@@ -159,8 +183,10 @@ def compare_report(results: dict[str, Any]) -> str:
     ]
     for run in runs:
         f = run["final"]
-        lines.append(f"| {run['optimizer']} | {run['lr']:g} | {run['weight_decay']:g} | {_fmt(f['val_loss'])} | "
-                     f"{_pct(f['starved_fraction'])} | {_pct(f['act_dead_fraction'])} | {f['sec_per_step']:.3f} |")
+        lines.append(
+            f"| {run['optimizer']} | {run['lr']:g} | {run['weight_decay']:g} | {_fmt(f['val_loss'])} | "
+            f"{_pct(f['starved_fraction'])} | {_pct(f['act_dead_fraction'])} | {f['sec_per_step']:.3f} |"
+        )
     lines += ["", "## What this run shows", ""]
     lines += [f"- {s}" for s in compare_findings(runs)]
     lines += [
@@ -180,8 +206,10 @@ def compare_findings(runs: list[dict[str, Any]]) -> list[str]:
     starved = {name: f["starved_fraction"] for name, f in finals.items()}
     peak = {r["optimizer"]: max(h["starved_fraction"] for h in r["history"]) for r in runs}
     if all(v == 0 for v in peak.values()):
-        findings.append("No optimizer starved any row at any logged step: the starvation Aurora targets did not "
-                        "appear at this size, learning rate and length.")
+        findings.append(
+            "No optimizer starved any row at any logged step: the starvation Aurora targets did not "
+            "appear at this size, learning rate and length."
+        )
     else:
         for name in finals:
             findings.append(f"{name}: {_pct(starved[name])} of rows starved at the end (peak {_pct(peak[name])}).")
@@ -191,13 +219,18 @@ def compare_findings(runs: list[dict[str, Any]]) -> list[str]:
     if losses:
         ranked = sorted(losses, key=losses.get)
         best = ranked[0]
-        findings.append(f"Lowest final validation loss: {best} ({losses[best]:.4f}); "
-                        + ", ".join(f"{n} +{losses[n] - losses[best]:.4f}" for n in ranked[1:]) + ".")
+        findings.append(
+            f"Lowest final validation loss: {best} ({losses[best]:.4f}); "
+            + ", ".join(f"{n} +{losses[n] - losses[best]:.4f}" for n in ranked[1:])
+            + "."
+        )
         if "muon" in losses and "aurora" in losses:
             gap = losses["muon"] - losses["aurora"]
             verdict = "better" if gap > 0 else "worse" if gap < 0 else "equal"
-            findings.append(f"Aurora vs Muon: Aurora's final validation loss is {abs(gap):.4f} nats/byte {verdict} "
-                            "(one seed: whether that exceeds seed noise cannot be judged from this run).")
+            findings.append(
+                f"Aurora vs Muon: Aurora's final validation loss is {abs(gap):.4f} nats/byte {verdict} "
+                "(one seed: whether that exceeds seed noise cannot be judged from this run)."
+            )
     return findings
 
 
@@ -211,13 +244,20 @@ def sweep_summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (expansion, optimizer, lr), finals in sorted(cells.items()):
         losses = [f["val_loss"] for f in finals]
         starved = [f["starved_fraction"] for f in finals]
-        summary.append({
-            "mlp_expansion": expansion, "optimizer": optimizer, "lr": lr, "seeds": len(finals),
-            "val_loss_mean": statistics.fmean(losses), "val_loss_std": statistics.pstdev(losses),
-            "val_loss_sem": statistics.stdev(losses) / math.sqrt(len(losses)) if len(losses) > 1 else None,
-            "starved_mean": statistics.fmean(starved), "starved_max": max(starved),
-            "act_dead_mean": statistics.fmean(f["act_dead_fraction"] for f in finals),
-        })
+        summary.append(
+            {
+                "mlp_expansion": expansion,
+                "optimizer": optimizer,
+                "lr": lr,
+                "seeds": len(finals),
+                "val_loss_mean": statistics.fmean(losses),
+                "val_loss_std": statistics.pstdev(losses),
+                "val_loss_sem": statistics.stdev(losses) / math.sqrt(len(losses)) if len(losses) > 1 else None,
+                "starved_mean": statistics.fmean(starved),
+                "starved_max": max(starved),
+                "act_dead_mean": statistics.fmean(f["act_dead_fraction"] for f in finals),
+            }
+        )
     return summary
 
 
@@ -259,10 +299,14 @@ def gain_trend(gains: list[tuple[int, dict[str, Any]]]) -> str:
         return "The gain shrinks with the expansion factor: every step down exceeds 2 standard errors over seeds."
     significant = [f"{e1} → {e2} ({change:+.4f})" for e1, e2, change, sig in steps if sig]
     if not significant:
-        return ("No change of the gain between expansion factors exceeds 2 standard errors over seeds: "
-                "this grid shows no dependence of the gain on the expansion factor.")
-    return ("The gain does not change monotonically with the expansion factor; changes beyond 2 standard "
-            "errors: " + ", ".join(significant) + ".")
+        return (
+            "No change of the gain between expansion factors exceeds 2 standard errors over seeds: "
+            "this grid shows no dependence of the gain on the expansion factor."
+        )
+    return (
+        "The gain does not change monotonically with the expansion factor; changes beyond 2 standard "
+        "errors: " + ", ".join(significant) + "."
+    )
 
 
 def best_lrs(summary: list[dict[str, Any]]) -> dict[tuple[int, str], dict[str, Any]]:
@@ -289,10 +333,18 @@ def plot_sweep(out: Path, summary: list[dict[str, Any]]) -> list[Path]:
         for name in optimizers:
             cells = [c for c in summary if c["mlp_expansion"] == expansion and c["optimizer"] == name]
             lrs = [c["lr"] for c in cells]
-            axes[0][j].errorbar(lrs, [c["val_loss_mean"] for c in cells], yerr=[c["val_loss_std"] for c in cells],
-                                marker="o", capsize=3, label=name)
+            axes[0][j].errorbar(
+                lrs,
+                [c["val_loss_mean"] for c in cells],
+                yerr=[c["val_loss_std"] for c in cells],
+                marker="o",
+                capsize=3,
+                label=name,
+            )
             axes[1][j].plot(lrs, [100 * c["starved_mean"] for c in cells], marker="o", label=name)
-        axes[0][j].set(xscale="log", title=f"MLP expansion {expansion}", ylabel="final val loss (mean ± std over seeds)")
+        axes[0][j].set(
+            xscale="log", title=f"MLP expansion {expansion}", ylabel="final val loss (mean ± std over seeds)"
+        )
         axes[1][j].set(xscale="log", xlabel="lr", ylabel="% rows starved at the end (mean)")
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
@@ -311,8 +363,12 @@ def plot_sweep(out: Path, summary: list[dict[str, Any]]) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         ax.errorbar(xs, gains, yerr=errs, marker="o", capsize=4)
         ax.axhline(0, color="k", lw=0.8)
-        ax.set(xlabel="MLP expansion factor", ylabel="Muon − Aurora final val loss (nats/byte)",
-               title="Aurora's gain over Muon, each at its best lr", xticks=xs)
+        ax.set(
+            xlabel="MLP expansion factor",
+            ylabel="Muon − Aurora final val loss (nats/byte)",
+            title="Aurora's gain over Muon, each at its best lr",
+            xticks=xs,
+        )
         ax.grid(alpha=0.3)
         paths.append(_save(fig, out / "sweep_gain.png"))
     return paths
@@ -336,63 +392,95 @@ def sweep_report(results: dict[str, Any], summary: list[dict[str, Any]]) -> str:
     best = best_lrs(summary)
     for c in summary:
         mark = " **best**" if best[(c["mlp_expansion"], c["optimizer"])] is c else ""
-        lines.append(f"| {c['mlp_expansion']} | {c['optimizer']} | {c['lr']:g}{mark} | {c['seeds']} | "
-                     f"{c['val_loss_mean']:.4f} ± {c['val_loss_std']:.4f} | {_pct(c['starved_mean'])} / "
-                     f"{_pct(c['starved_max'])} | {_pct(c['act_dead_mean'])} |")
+        lines.append(
+            f"| {c['mlp_expansion']} | {c['optimizer']} | {c['lr']:g}{mark} | {c['seeds']} | "
+            f"{c['val_loss_mean']:.4f} ± {c['val_loss_std']:.4f} | {_pct(c['starved_mean'])} / "
+            f"{_pct(c['starved_max'])} | {_pct(c['act_dead_mean'])} |"
+        )
     lines += ["", "## Each optimizer at its best lr", ""]
     for (expansion, name), c in sorted(best.items()):
-        lines.append(f"- expansion {expansion}, {name}: lr {c['lr']:g}, val loss {c['val_loss_mean']:.4f} ± "
-                     f"{c['val_loss_std']:.4f}, starved {_pct(c['starved_mean'])}")
+        lines.append(
+            f"- expansion {expansion}, {name}: lr {c['lr']:g}, val loss {c['val_loss_mean']:.4f} ± "
+            f"{c['val_loss_std']:.4f}, starved {_pct(c['starved_mean'])}"
+        )
     expansions = sorted({c["mlp_expansion"] for c in summary})
     optimizers = list(dict.fromkeys(c["optimizer"] for c in summary))
     baseline = "muon" if "muon" in optimizers else optimizers[0]
     others = [name for name in optimizers if name != baseline]
     if others:
-        lines += ["", f"## Against {baseline}, each at its best lr", "",
-                  f"Difference of mean final val loss (optimizer − {baseline}; negative = lower loss than "
-                  f"{baseline}) ± its standard error over seeds; called significant only beyond "
-                  f"{SIGNIFICANCE_SE:g} standard errors. Picking each best lr from the same seeds favours "
-                  "neither side but makes small differences look larger than they are.", ""]
+        lines += [
+            "",
+            f"## Against {baseline}, each at its best lr",
+            "",
+            f"Difference of mean final val loss (optimizer − {baseline}; negative = lower loss than "
+            f"{baseline}) ± its standard error over seeds; called significant only beyond "
+            f"{SIGNIFICANCE_SE:g} standard errors. Picking each best lr from the same seeds favours "
+            "neither side but makes small differences look larger than they are.",
+            "",
+        ]
         for e in expansions:
             for name in others:
                 if (e, name) in best and (e, baseline) in best:
                     d = difference(best[(e, name)], best[(e, baseline)])
                     lines.append(f"- expansion {e}, {name} − {baseline}: {difference_words(d)}")
     if len(expansions) > 1 and "muon" in optimizers and "aurora" in optimizers:
-        gains = [(e, difference(best[(e, "muon")], best[(e, "aurora")])) for e in expansions
-                 if (e, "muon") in best and (e, "aurora") in best]
-        lines += ["", "Aurora's gain over Muon (Muon − Aurora best-lr mean val loss): "
-                  + ", ".join(f"expansion {e}: {g['value']:+.4f}" for e, g in gains) + ". " + gain_trend(gains)]
+        gains = [
+            (e, difference(best[(e, "muon")], best[(e, "aurora")]))
+            for e in expansions
+            if (e, "muon") in best and (e, "aurora") in best
+        ]
+        lines += [
+            "",
+            "Aurora's gain over Muon (Muon − Aurora best-lr mean val loss): "
+            + ", ".join(f"expansion {e}: {g['value']:+.4f}" for e, g in gains)
+            + ". "
+            + gain_trend(gains),
+        ]
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- regenerate
 #: how README tables name the optimizers
-DISPLAY_NAMES = {"muon": "Muon", "normuon": "NorMuon", "unormuon": "U-NorMuon", "aurora": "Aurora",
-                 "riemannian_aurora": "Riemannian Aurora", "adamw": "AdamW", "torch_muon": "torch.optim.Muon"}
+DISPLAY_NAMES = {
+    "muon": "Muon",
+    "normuon": "NorMuon",
+    "unormuon": "U-NorMuon",
+    "aurora": "Aurora",
+    "riemannian_aurora": "Riemannian Aurora",
+    "adamw": "AdamW",
+    "torch_muon": "torch.optim.Muon",
+}
 #: a README block generated from a results directory: <!-- results-table: DIR --> ... <!-- /results-table -->
 TABLE_BLOCK = re.compile(r"(<!-- results-table: (?P<dir>[^ ]+) -->\n)(?P<body>.*?)(<!-- /results-table -->)", re.S)
 
 
 def compare_table(results: dict[str, Any]) -> str:
     """The README table of a compare run: one row per optimizer."""
-    lines = ["| optimizer | lr | weight decay | final val loss (nats/byte) | starved gate/up rows | inactive units |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| optimizer | lr | weight decay | final val loss (nats/byte) | starved gate/up rows | inactive units |",
+        "|---|---|---|---|---|---|",
+    ]
     for run in results["runs"]:
         f = run["final"]
-        lines.append(f"| {DISPLAY_NAMES.get(run['optimizer'], run['optimizer'])} | {run['lr']:g} | "
-                     f"{run['weight_decay']:g} | {_fmt(f['val_loss'])} | {_pct(f['starved_fraction'])} | "
-                     f"{_pct(f['act_dead_fraction'])} |")
+        lines.append(
+            f"| {DISPLAY_NAMES.get(run['optimizer'], run['optimizer'])} | {run['lr']:g} | "
+            f"{run['weight_decay']:g} | {_fmt(f['val_loss'])} | {_pct(f['starved_fraction'])} | "
+            f"{_pct(f['act_dead_fraction'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def sweep_table(summary: list[dict[str, Any]]) -> str:
     """The README table of a sweep: each optimizer at its best lr per expansion, mean ± std over seeds."""
-    lines = ["| expansion | optimizer | best lr | seeds | final val loss (mean ± std) | starved rows (mean) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| expansion | optimizer | best lr | seeds | final val loss (mean ± std) | starved rows (mean) |",
+        "|---|---|---|---|---|---|",
+    ]
     for (expansion, name), c in sorted(best_lrs(summary).items()):
-        lines.append(f"| {expansion} | {DISPLAY_NAMES.get(name, name)} | {c['lr']:g} | {c['seeds']} | "
-                     f"{c['val_loss_mean']:.4f} ± {c['val_loss_std']:.4f} | {_pct(c['starved_mean'])} |")
+        lines.append(
+            f"| {expansion} | {DISPLAY_NAMES.get(name, name)} | {c['lr']:g} | {c['seeds']} | "
+            f"{c['val_loss_mean']:.4f} ± {c['val_loss_std']:.4f} | {_pct(c['starved_mean'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -418,7 +506,9 @@ def regenerate(directory: Path, *, plots: bool = True) -> list[Path]:
         report = sweep_report(results, summary)
     else:
         if plots and (directory / "diagnostics.json").exists():
-            written += plot_compare(directory, results["runs"], json.loads((directory / "diagnostics.json").read_text()))
+            written += plot_compare(
+                directory, results["runs"], json.loads((directory / "diagnostics.json").read_text())
+            )
         report = compare_report(results)
     (directory / "report.md").write_text(report)
     return [*written, directory / "report.md"]

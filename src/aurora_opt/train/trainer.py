@@ -77,8 +77,15 @@ class TrainConfig:
         self.model_config()  # validates the model shape
 
     def model_config(self, vocab_size: int = 256) -> GPTConfig:
-        return GPTConfig(vocab_size=vocab_size, seq_len=self.seq_len, n_layer=self.n_layer, n_head=self.n_head,
-                         d_model=self.d_model, mlp_expansion=self.mlp_expansion, mlp=self.mlp)
+        return GPTConfig(
+            vocab_size=vocab_size,
+            seq_len=self.seq_len,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            d_model=self.d_model,
+            mlp_expansion=self.mlp_expansion,
+            mlp=self.mlp,
+        )
 
     def resolved_hparams(self) -> tuple[float, float]:
         """(lr, weight_decay) actually used: the given values or the optimizer's defaults."""
@@ -111,8 +118,15 @@ class RunResult:
     num_params: int = 0
 
     def results_entry(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer, "mlp_expansion": self.mlp_expansion, "lr": self.lr,
-                "weight_decay": self.weight_decay, "seed": self.seed, "history": self.history, "final": self.final}
+        return {
+            "optimizer": self.optimizer,
+            "mlp_expansion": self.mlp_expansion,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "seed": self.seed,
+            "history": self.history,
+            "final": self.final,
+        }
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,8 +198,9 @@ class Training:
         self.optimizers = build_optimizers(config, self.model)
         self.health = NeuronHealth(self.model, every=config.diag_every).attach(*self.optimizers)
         lr, weight_decay = config.resolved_hparams()
-        self.result = RunResult(config.optimizer, config.mlp_expansion, lr, weight_decay, config.seed,
-                                num_params=self.model.num_params())
+        self.result = RunResult(
+            config.optimizer, config.mlp_expansion, lr, weight_decay, config.seed, num_params=self.model.num_params()
+        )
         self.interval = {"loss_sum": 0.0, "count": 0}
 
     def restore(self, warn: Callable[[str], None]) -> None:
@@ -197,8 +212,10 @@ class Training:
             return
         payload, path = loaded
         if payload["config"] != _config_key(self.config):
-            raise ValueError(f"{path} was written by a run with different settings; "
-                             "use a new --out directory or the original settings")
+            raise ValueError(
+                f"{path} was written by a run with different settings; "
+                "use a new --out directory or the original settings"
+            )
         self.model.load_state_dict(payload["model"])
         for optimizer, state in zip(self.optimizers, payload["optimizers"]):
             optimizer.load_state_dict(state)
@@ -209,14 +226,18 @@ class Training:
     def save(self) -> None:
         if self.checkpoint_dir is None:
             return
-        save_checkpoint({
-            "config": _config_key(self.config),
-            "model": self.model.state_dict(),
-            "optimizers": [o.state_dict() for o in self.optimizers],
-            "health": self.health.state_dict(),
-            "result": self.result.as_dict(),
-            "interval": dict(self.interval),
-        }, self.checkpoint_dir, self.result.step)
+        save_checkpoint(
+            {
+                "config": _config_key(self.config),
+                "model": self.model.state_dict(),
+                "optimizers": [o.state_dict() for o in self.optimizers],
+                "health": self.health.state_dict(),
+                "result": self.result.as_dict(),
+                "interval": dict(self.interval),
+            },
+            self.checkpoint_dir,
+            self.result.step,
+        )
 
     def step(self, step: int) -> float:
         """One optimizer step on the batch of ``step``; returns the training loss."""
@@ -251,8 +272,14 @@ class Training:
             "act_dead_fraction": snapshot.act_dead_fraction,
         }
         self.result.history.append(record)
-        self.result.layers.append({"step": step, "starved": snapshot.layer_starved,
-                                   "act_dead": snapshot.layer_act_dead, "row_norm_cv": snapshot.layer_row_norm_cv})
+        self.result.layers.append(
+            {
+                "step": step,
+                "starved": snapshot.layer_starved,
+                "act_dead": snapshot.layer_act_dead,
+                "row_norm_cv": snapshot.layer_row_norm_cv,
+            }
+        )
         self.interval = {"loss_sum": 0.0, "count": 0}
         return record
 
