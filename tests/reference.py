@@ -156,7 +156,7 @@ def set_grads(params: Iterable[Tensor], seed: int) -> None:
 
 
 #: max_i |ℓ_i/ℓ̄ − 1| of Riemannian Aurora's direction with an accurate polar factor (fp32 or
-#: float64): it retracts to rows within its ROW_TOLERANCE = 1e-3 at every accepted step; 2e-3 leaves
+#: float64): it retracts to rows within aurora.BALANCE_TOLERANCE = 1e-3 at every accepted step; 2e-3 leaves
 #: room for the fp32 polar factor's error on top and for balancings that end at balance_steps
 #: (measured ≤ 9.5e-4 on Gaussian and dominant-row momenta, 64×16 to 256×64, every accurate backend)
 RIEMANNIAN_ROW_TOLERANCE = 2e-3

@@ -60,7 +60,7 @@ AURORA_CONVERGED_STEPS = 16
 #: the polar band scaled by that clamp, which bounds any row scaling: σ·[1/R, R].
 AURORA_CONVERGED_ROW_TOLERANCE = 1e-2
 AURORA_CONVERGED_MIN_ASPECT = 4
-#: Riemannian Aurora balances to its ROW_TOLERANCE = 1e-3 at every retraction when its 12 balancing
+#: Riemannian Aurora balances to BALANCE_TOLERANCE = 1e-3 at every retraction when its 12 balancing
 #: polar factors suffice: measured ≤ 9.3e-4 in fp32 on the named inputs and the 15 inputs of
 #: measure_row_uniformity. They do not always suffice: of 300 random tall inputs (n ≤ 12, κ ≤ 20)
 #: 7 of 16 with m/n ≤ 1.5 stayed above 2e-3 (worst 0.16) and 10 of 283 with m/n > 1.5 (worst 0.02),

@@ -22,7 +22,7 @@ from reference import RIEMANNIAN_ROW_TOLERANCE
 #: up to 8.9e-5 on 48×24 (seed 1); vanilla Aurora is 1.3e-3 to 3.0e-3 below, and so would fail
 RIEMANNIAN_GAP = 2e-4
 #: how far above the exact optimum ⟨M, U⟩ may land, relative: U's rows are feasible only to 1e-3
-#: (ROW_TOLERANCE), and relaxing ‖U_i‖² = n/m by δ_i moves the optimum by about Σ λ_i δ_i
+#: (aurora.BALANCE_TOLERANCE), and relaxing ‖U_i‖² = n/m by δ_i moves the optimum by about Σ λ_i δ_i
 #: (measured 3e-6 above it on the 10×30 input)
 ABOVE_OPTIMUM = 1e-4
 #: a certified optimum: Newton on the KKT equations reaches ~1e-15 on these inputs

@@ -36,7 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .optim import Aurora, Muon, RiemannianAurora, SpectralOptimizer, lookahead_momentum
-from .optim.aurora import gram_balanced_polar, row_uniformity_error
+from .optim.aurora import balanced_polar, row_uniformity_error
 from .polar import DEFAULT_POLAR, get_polar
 from .provenance import provenance
 
@@ -46,10 +46,14 @@ GPU_SHAPES = [(768, 3072), (3072, 768), (2048, 5632), (5632, 2048), (4096, 14336
 CPU_SHAPES = [(m // 8, n // 8) for m, n in GPU_SHAPES]
 QUICK_SHAPES = [(16, 48), (48, 16)]
 
-#: name → (class, keyword arguments); every optimizer gets the same polar backend and dtype
+#: name → (class, keyword arguments); every optimizer gets the same polar backend and dtype.
+#: "aurora_reference" is the reference release's algorithm: K = 2 polar factors, β = 0.5, rows as computed.
 OPTIMIZERS: dict[str, tuple[type[SpectralOptimizer], dict[str, Any]]] = {
     "muon": (Muon, {}),
-    "aurora_reference": (Aurora, {"balance": "polar", "balance_steps": 2, "balance_beta": 0.5}),
+    "aurora_reference": (
+        Aurora,
+        {"balance": "polar", "balance_steps": 2, "balance_beta": 0.5, "row_correction": False},
+    ),
     "aurora": (Aurora, {}),
     "riemannian_aurora": (RiemannianAurora, {}),
 }
@@ -225,7 +229,7 @@ def warm_start_study(shape: tuple[int, int], *, polar: str, device: torch.device
             scaling, errors = None, []
             for M in momenta:
                 X = (M if m >= n else M.mT).unsqueeze(0).float()
-                U, r = gram_balanced_polar(
+                U, r = balanced_polar(
                     X, orthogonalize=orthogonalize, steps=gram_steps, beta=0.65, eps=1e-7, scaling=scaling
                 )
                 scaling = r if warm else None

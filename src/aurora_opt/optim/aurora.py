@@ -42,7 +42,17 @@ BALANCE_MODES = ("gram", "polar")
 #: after 2 steps; 2.6e-3, 2.0e-5, 1.3e-5 after 8), so where host synchronization is allowed (eager on
 #: the CPU) "gram" runs up to 8 steps and stops once the rows are within 1e-3: one step when the warm
 #: start is already balanced. ``None`` steps mean that automatic choice; see GRAM_STEPS_SYNC_FREE.
-MODE_DEFAULTS: dict[str, tuple[int | None, float, float]] = {"polar": (2, 0.5, 0.0), "gram": (None, 0.65, 1e-3)}
+#: β per mode. "polar": also measured on a 256×64 matrix with row norms spread over three decades
+#: (exact SVD polar): β = 0.5 reaches 1e-5 row error in 10 polar factors where the undamped β = 1
+#: oscillates and is still at 3e-3.
+BALANCE_BETA = {"polar": 0.5, "gram": 0.65}
+#: max |ℓ_i/ℓ̄ − 1| at which a balancing may stop (Gram mode by default; Riemannian Aurora's
+#: start point and retractions in both modes)
+BALANCE_TOLERANCE = 1e-3
+MODE_DEFAULTS: dict[str, tuple[int | None, float, float]] = {
+    "polar": (2, BALANCE_BETA["polar"], 0.0),
+    "gram": (None, BALANCE_BETA["gram"], BALANCE_TOLERANCE),
+}
 GRAM_STEPS_WITH_EARLY_EXIT = 8
 #: Gram steps run, all of them, where the step may not synchronize (CUDA, compiled): with the warm
 #: start over a drifting momentum (M ← 0.95·M + 0.05·G) 3 steps leave the rows of polar(D·M) within
@@ -116,41 +126,6 @@ def corrected_rows(U: Tensor, active: Tensor) -> Tensor:
     return (work * (factor * active)).to(U.dtype)
 
 
-def balanced_polar(
-    X: Tensor,
-    *,
-    orthogonalize: Callable[[Tensor], Tensor],
-    steps: int,
-    beta: float,
-    eps: float,
-    tolerance: float = 0.0,
-    row_correction: bool = False,
-) -> Tensor:
-    """Reference-style Aurora on a tall X [B, m, n]: U = polar(D·X), D balanced with polar factors.
-
-    D₀ = 1/‖X_i‖; U_k = polar(D_k X); D_{k+1} = D_k·(ℓ̄/ℓ_i(U_k))^β, ℓ̄ the mean leverage over the
-    active rows (the reference uses n/m; both give the same U, since polar ignores D's scale, but
-    ℓ̄ stays right when rows are inactive or X is rank-deficient). ``steps`` counts polar factors
-    computed; iteration stops early once the rows are within ``tolerance`` of uniform.
-    ``row_correction``: finish with :func:`corrected_rows`.
-    """
-    active = active_rows(X, eps)
-    D = active / X.norm(dim=-1, keepdim=True).clamp_min(TINY)
-    for k in range(steps):
-        U = orthogonalize(D * X)
-        if k == steps - 1:
-            break
-        lev = leverage(U)
-        step = (_active_mean(lev, active) / lev.clamp_min(TINY)).pow(beta)
-        if tolerance > 0:  # matrices already balanced keep their D, so each matrix of a batch
-            done = row_uniformity_error(U, active) <= tolerance  # gets what it would get alone
-            if host_syncs_allowed(done) and bool(done.all()):
-                break
-            step = torch.where(done.view(-1, 1, 1), torch.ones_like(step), step)
-        D = D * step * active
-    return corrected_rows(U, active) if row_correction else U
-
-
 def gram_leverage(X: Tensor, D: Tensor) -> Tensor:
     """Leverage scores of D·X from its Gram matrix: ``[B, m, 1]``, in X's dtype (fp32 or float64).
 
@@ -181,10 +156,11 @@ def gram_leverage(X: Tensor, D: Tensor) -> Tensor:
     return Z.square_().sum(dim=-1, keepdim=True) * D.square()
 
 
-def gram_balanced_polar(
+def balanced_polar(
     X: Tensor,
     *,
     orthogonalize: Callable[[Tensor], Tensor],
+    balance: str = "gram",
     steps: int,
     beta: float,
     eps: float,
@@ -193,16 +169,25 @@ def gram_balanced_polar(
     tolerance: float = 0.0,
     row_correction: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Fast Aurora on a tall X [B, m, n]: balance D from the Gram matrix, then ONE polar of D·X.
+    """Aurora on a tall X [B, m, n]: U = polar(D·X), the diagonal D balanced so the rows of U are uniform.
 
     D₀ = r/‖X_i‖ with r = ``scaling`` [B, m] (a previous result, for a warm start) or 1 (the
-    reference's start); ``steps`` times: ℓ = gram_leverage(X, D), D ← D·(ℓ̄/ℓ_i)^β over the active
-    rows; with ``tolerance`` > 0 a matrix whose max |ℓ_i/ℓ̄ − 1| is within it keeps its D, and, where
-    host synchronization is allowed, the loop ends once all do. ``row_correction``: finish with
-    :func:`corrected_rows`.
-    Returns U = polar(D·X) and the new r = D·‖X_i‖ [B, m], normalized to mean 1 over active rows.
-    The Gram matrices are formed in ``gram_dtype`` (None: float64 for float64 X, else fp32).
+    reference's start), then D ← D·(ℓ̄/ℓ_i)^β over the active rows, ℓ̄ their mean leverage (the
+    reference uses n/m; both give the same U, since polar ignores D's scale, but ℓ̄ stays right when
+    rows are inactive or X is rank-deficient). The leverage ℓ of D·X comes from
+
+    - ``balance="gram"``: its Gram matrix (:func:`gram_leverage`), ``steps`` times, then ONE polar
+      factor; the Gram matrices are formed in ``gram_dtype`` (None: float64 for float64 X, else fp32);
+    - ``balance="polar"``: the row norms of U_k = polar(D_k·X), the reference's loop; ``steps``
+      counts the polar factors computed.
+
+    With ``tolerance`` > 0 a matrix whose max |ℓ_i/ℓ̄ − 1| is within it keeps its D, and, where host
+    synchronization is allowed, the loop ends once all do. ``row_correction``: finish with
+    :func:`corrected_rows`. Returns U and the new r = D·‖X_i‖ [B, m], normalized to mean 1 over the
+    active rows.
     """
+    if balance not in BALANCE_MODES:
+        raise ValueError(f"invalid balance: {balance!r} (expected one of {BALANCE_MODES})")
     if gram_dtype is None:
         gram_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
     active = active_rows(X, eps)
@@ -213,8 +198,20 @@ def gram_balanced_polar(
         previous = scaling.to(gram_dtype).unsqueeze(-1)
         start = torch.where(previous > 0, previous, start)
     D = start * active / norms.clamp_min(TINY)
-    for _ in range(steps):
-        lev = gram_leverage(Xg, D)
+    if balance == "gram":
+        balancing_steps = steps
+
+        def leverage_of(D: Tensor) -> Tensor:
+            return gram_leverage(Xg, D)
+
+    else:
+        balancing_steps = steps - 1  # the last of the ``steps`` polar factors is the result
+
+        def leverage_of(D: Tensor) -> Tensor:
+            return leverage(orthogonalize(D.to(X.dtype) * X)).to(gram_dtype)
+
+    for _ in range(balancing_steps):
+        lev = leverage_of(D)
         mean = _active_mean(lev, active)
         step = (mean / lev.clamp_min(TINY)).pow(beta)
         # a matrix whose leverage came out non-finite keeps its D for this step
@@ -266,30 +263,20 @@ def aurora_direction(
     if M.size(-2) == M.size(-1):
         return _finite_or_zero(orthogonalize(M), nonfinite_directions)
     X, transposed = tall(M)
-    if balance == "polar":
-        U = balanced_polar(
-            X,
-            orthogonalize=orthogonalize,
-            steps=balance_steps,
-            beta=balance_beta,
-            eps=eps,
-            tolerance=tolerance,
-            row_correction=row_correction,
-        )
-    else:
-        U, r = gram_balanced_polar(
-            X,
-            orthogonalize=orthogonalize,
-            steps=balance_steps,
-            beta=balance_beta,
-            eps=eps,
-            gram_dtype=gram_dtype,
-            scaling=scaling,
-            tolerance=tolerance,
-            row_correction=row_correction,
-        )
-        if scaling is not None:
-            scaling.copy_(torch.where(torch.isfinite(r), r, scaling))
+    U, r = balanced_polar(
+        X,
+        orthogonalize=orthogonalize,
+        balance=balance,
+        steps=balance_steps,
+        beta=balance_beta,
+        eps=eps,
+        gram_dtype=gram_dtype,
+        scaling=scaling,
+        tolerance=tolerance,
+        row_correction=row_correction,
+    )
+    if scaling is not None:
+        scaling.copy_(torch.where(torch.isfinite(r), r, scaling))
     U = _finite_or_zero(U, nonfinite_directions)
     return U.mT if transposed else U
 

@@ -25,22 +25,16 @@ from ._spectral import (
     spectral_kwargs_doc,
 )
 from .aurora import (
+    BALANCE_BETA,
     BALANCE_MODES,
+    BALANCE_TOLERANCE,
     TINY,
     active_rows,
     balanced_polar,
-    gram_balanced_polar,
     gram_dtype_for,
     leverage,
 )
 
-#: β of the balancing used for the start point and the retraction, per balance mode. "polar":
-#: measured on a 256×64 matrix with row norms spread over three decades (exact SVD polar): β = 0.5
-#: reaches 1e-5 row error in 10 polar factors where the undamped β = 1 oscillates and is still at
-#: 3e-3. "gram": the over-relaxed step of Aurora's Gram balancing (see aurora.MODE_DEFAULTS).
-RETRACTION_BETA = {"polar": 0.5, "gram": 0.65}
-#: rows must be this close to uniform (max |ℓ_i/ℓ̄ − 1|) after the start and every retraction
-ROW_TOLERANCE = 1e-3
 #: max |UᵀU − I| of a start point that counts as semi-orthogonal: fp32 polar factors are within ~1e-5
 #: and bf16 ones ~1e-2, while a missing direction (rank-deficient momentum) shows as ~1
 FULL_RANK_TOLERANCE = 0.25
@@ -163,21 +157,17 @@ def riemannian_aurora_direction(
     X = X * active
 
     def retract(Y: Tensor) -> Tensor:
-        beta = RETRACTION_BETA[balance]
-        if balance == "polar":
-            U = balanced_polar(
-                Y, orthogonalize=orthogonalize, steps=balance_steps, beta=beta, eps=eps, tolerance=ROW_TOLERANCE
-            )
-        else:
-            U, _ = gram_balanced_polar(
-                Y,
-                orthogonalize=orthogonalize,
-                steps=balance_steps,
-                beta=beta,
-                eps=eps,
-                gram_dtype=gram_dtype,
-                tolerance=ROW_TOLERANCE,
-            )
+        """The balanced polar factor of Y: rows within BALANCE_TOLERANCE of uniform."""
+        U, _ = balanced_polar(
+            Y,
+            orthogonalize=orthogonalize,
+            balance=balance,
+            steps=balance_steps,
+            beta=BALANCE_BETA[balance],
+            eps=eps,
+            gram_dtype=gram_dtype,
+            tolerance=BALANCE_TOLERANCE,
+        )
         return U * active
 
     def objective(U: Tensor) -> Tensor:
