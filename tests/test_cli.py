@@ -274,3 +274,15 @@ def test_readme_tables_match_the_committed_results():
     readme = Path(__file__).resolve().parents[1] / "README.md"
     assert "<!-- results-table: " in readme.read_text()
     assert main(["report", "--readme", str(readme), "--check"]) == 0, "run: aurora-opt report --readme README.md"
+
+
+def test_differences_over_the_same_seeds_are_paired():
+    """Seeds share initialization and batches: a consistent per-seed difference is significant even
+    when the spread between seeds is large (the unpaired standard error would hide it)."""
+    a = {**_cell(2.0, 0.05), "val_loss_by_seed": {"0": 1.95, "1": 2.0, "2": 2.05}}
+    b = {**_cell(2.03, 0.05), "val_loss_by_seed": {"0": 1.98, "1": 2.03, "2": 2.08}}
+    d = difference(a, b)
+    assert d["paired"] and d["se"] < 1e-12 and d["significant"]  # every seed: −0.03 up to rounding
+    assert not difference(_cell(2.0, 0.05), _cell(2.03, 0.05))["significant"]  # unpaired: 0.03 < 2·0.0707
+    c = {**b, "val_loss_by_seed": {"0": 1.9, "1": 2.03, "2": 2.16}}  # per seed +0.05, −0.03, −0.11
+    assert not difference(a, c)["significant"]

@@ -238,11 +238,15 @@ def compare_findings(runs: list[dict[str, Any]]) -> list[str]:
 def sweep_summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and spread over seeds of each (expansion, optimizer, lr): final val loss and starved fraction."""
     cells: dict[tuple[int, str, float], list[dict[str, Any]]] = defaultdict(list)
+    seeds: dict[tuple[int, str, float], list[int]] = defaultdict(list)
     for run in runs:
-        cells[(run["mlp_expansion"], run["optimizer"], run["lr"])].append(run["final"])
+        key = (run["mlp_expansion"], run["optimizer"], run["lr"])
+        cells[key].append(run["final"])
+        seeds[key].append(run.get("seed"))
     summary = []
     for (expansion, optimizer, lr), finals in sorted(cells.items()):
         losses = [f["val_loss"] for f in finals]
+        by_seed = {str(s): loss for s, loss in zip(seeds[(expansion, optimizer, lr)], losses) if s is not None}
         starved = [f["starved_fraction"] for f in finals]
         summary.append(
             {
@@ -253,6 +257,7 @@ def sweep_summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "val_loss_mean": statistics.fmean(losses),
                 "val_loss_std": statistics.pstdev(losses),
                 "val_loss_sem": statistics.stdev(losses) / math.sqrt(len(losses)) if len(losses) > 1 else None,
+                "val_loss_by_seed": by_seed,
                 "starved_mean": statistics.fmean(starved),
                 "starved_max": max(starved),
                 "act_dead_mean": statistics.fmean(f["act_dead_fraction"] for f in finals),
@@ -266,9 +271,19 @@ SIGNIFICANCE_SE = 2.0
 
 
 def difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """a − b of two summary cells' mean final val loss, its standard error over seeds
-    sqrt(sem_a² + sem_b²) (``None`` with a single seed), and whether |a − b| > 2 standard errors."""
+    """a − b of two summary cells' mean final val loss, its standard error over seeds, and whether
+    |a − b| > 2 standard errors.
+
+    Runs with the same seed share their initialization and batches, so where both cells hold the same
+    seeds (two or more) the standard error is that of the per-seed differences (``paired``); otherwise
+    sqrt(sem_a² + sem_b²); ``None`` with a single seed.
+    """
     value = a["val_loss_mean"] - b["val_loss_mean"]
+    seeds_a, seeds_b = a.get("val_loss_by_seed") or {}, b.get("val_loss_by_seed") or {}
+    if len(seeds_a) > 1 and seeds_a.keys() == seeds_b.keys() and len(seeds_a) == a["seeds"] == b["seeds"]:
+        per_seed = [seeds_a[s] - seeds_b[s] for s in seeds_a]
+        se = statistics.stdev(per_seed) / math.sqrt(len(per_seed))
+        return {"value": value, "se": se, "significant": abs(value) > SIGNIFICANCE_SE * se, "paired": True}
     if a.get("val_loss_sem") is None or b.get("val_loss_sem") is None:
         return {"value": value, "se": None, "significant": False}
     se = math.hypot(a["val_loss_sem"], b["val_loss_sem"])
@@ -279,7 +294,8 @@ def difference_words(d: dict[str, Any]) -> str:
     if d["se"] is None:
         return f"{d['value']:+.4f} (one seed: significance cannot be judged)"
     verdict = "significant" if d["significant"] else "not significant"
-    return f"{d['value']:+.4f} ± {d['se']:.4f} (standard error over seeds): {verdict} at {SIGNIFICANCE_SE:g} SE"
+    kind = "paired standard error over the same seeds" if d.get("paired") else "standard error over seeds"
+    return f"{d['value']:+.4f} ± {d['se']:.4f} ({kind}): {verdict} at {SIGNIFICANCE_SE:g} SE"
 
 
 def gain_trend(gains: list[tuple[int, dict[str, Any]]]) -> str:
