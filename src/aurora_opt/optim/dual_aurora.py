@@ -14,7 +14,6 @@ from .aurora_dual import dual_aurora_direction
 
 class DualAurora(SpectralOptimizer):
     algorithm = "dual_aurora"
-    extra_state = ("dual_scaling", "dual_multipliers", "dual_fallbacks")
     stacked_state = ("dual_scaling", "dual_multipliers", "dual_fallbacks")
 
     def __init__(

@@ -216,14 +216,18 @@ class RiemannianAurora(SpectralOptimizer):
         balance_steps: int = 12,
         cg_steps: int = 20,
         balance: str = "gram",
+        polar_dtype: torch.dtype | None = torch.float32,
         **kwargs: Any,
     ) -> None:
         if balance not in BALANCE_MODES:
             raise ValueError(f"invalid balance: {balance!r} (expected one of {BALANCE_MODES})")
+        # fp32 polar factors by default on every device: the ascent needs UᵀU = I to fp32 accuracy,
+        # which bf16 (the other optimizers' CUDA default) cannot give, and would be skipped
         super().__init__(
             params,
             lr=lr,
             weight_decay=weight_decay,
+            polar_dtype=polar_dtype,
             algorithm_defaults={
                 "ascent_steps": ascent_steps,
                 "balance_steps": balance_steps,
