@@ -40,9 +40,9 @@ from .train.report import (
 from .train.trainer import RunResult, StopRequest, TrainConfig, optimizer_names, train
 
 DEFAULT_OPTIMIZERS = ("muon", "normuon", "unormuon", "aurora")
-#: lr of each optimizer in ``compare`` unless ``--lr`` says otherwise: the library defaults (muon and
-#: aurora were the best of the CPU lr sweep in docs/results/lr-sweep-cpu, default model, 300 steps,
-#: lr 0.01-0.1; the others were not swept); AdamW's is tuned for the small model
+#: lr of each optimizer in ``compare`` unless ``--lr`` says otherwise: the library defaults, each the
+#: best of the CPU lr sweep in docs/results/lr-sweep-4opt-cpu (default model, 300 steps, lr 0.01–0.08,
+#: 3 seeds); AdamW's is tuned for the small model
 DEFAULT_LRS: dict[str, float] = {
     "muon": 0.02,
     "normuon": 0.02,
@@ -148,8 +148,8 @@ def _parse_lrs(text: str | None, optimizers: list[str]) -> tuple[dict[str, float
     if text is None:
         return (
             {name: DEFAULT_LRS[name] for name in optimizers},
-            "each optimizer at its default lr for this command (best of the CPU lr sweep for muon and "
-            "aurora; Muon's lr for normuon and unormuon, not swept; docs/neuron-health.md)",
+            "each optimizer at its default lr for this command (the best of each in the CPU lr sweep, "
+            "docs/results/lr-sweep-4opt-cpu)",
         )
     if "=" not in text:
         try:
