@@ -156,6 +156,16 @@ def gram_leverage(X: Tensor, D: Tensor) -> Tensor:
     return Z.square_().sum(dim=-1, keepdim=True) * D.square()
 
 
+def initial_row_weights(norms: Tensor, active: Tensor, scaling: Tensor | None) -> Tensor:
+    """D₀ = r_i/‖X_i‖ on the active rows (0 elsewhere), r = ``scaling`` [B, m] where positive (a
+    previous step's result: the warm start), else 1; ``norms`` [B, m, 1] are the row norms ‖X_i‖."""
+    start = torch.ones_like(norms)
+    if scaling is not None:
+        previous = scaling.to(norms.dtype).unsqueeze(-1)
+        start = torch.where(previous > 0, previous, start)
+    return start * active / norms.clamp_min(TINY)
+
+
 def balanced_polar(
     X: Tensor,
     *,
@@ -193,11 +203,7 @@ def balanced_polar(
     active = active_rows(X, eps)
     Xg = X.to(gram_dtype)
     norms = Xg.norm(dim=-1, keepdim=True)
-    start = torch.ones_like(norms)
-    if scaling is not None:
-        previous = scaling.to(gram_dtype).unsqueeze(-1)
-        start = torch.where(previous > 0, previous, start)
-    D = start * active / norms.clamp_min(TINY)
+    D = initial_row_weights(norms, active, scaling)
     if balance == "gram":
         balancing_steps = steps
 

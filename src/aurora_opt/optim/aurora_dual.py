@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ..matrices import tall
 from ._spectral import host_syncs_allowed
-from .aurora import TINY, _active_mean, active_rows, leverage
+from .aurora import BALANCE_BETA, GRAM_RIDGE, TINY, _active_mean, active_rows, initial_row_weights, leverage
 
 #: iterations of the scalar Newton solve for each λ_i at the start point (from last optimizer step's
 #: λ_i, or an estimate on the first step) and after a Newton step on S (from the λ_i before it); the
@@ -56,8 +56,6 @@ FALLBACK_ROW_ERROR = 1e-2
 #: exponent of the final row balancing step E: e_i = (t/ℓ_i)^β; the leverage of E·Y moves by about
 #: half of a small change of log e_i², so β = 0.5 is the plain Newton step
 FINISH_BETA = 0.5
-#: exponent of the Gram balancing of D (Aurora's over-relaxed step, see aurora.MODE_DEFAULTS)
-BALANCE_BETA = 0.65
 
 
 def _frobenius(A: Tensor, B: Tensor) -> Tensor:
@@ -177,8 +175,6 @@ def _inverse_sqrt(H: Tensor, ridge: float) -> Tensor:
     return (Q * h.clamp_min(floor).rsqrt().unsqueeze(-2)) @ Q.mT
 
 
-#: relative eigenvalue floor of the Gram matrices (as aurora.GRAM_RIDGE)
-RIDGE = {torch.float32: 1e-7, torch.float64: 1e-15}
 #: a Newton step is accepted unless the dual rises by more than this fraction: the rounding error of
 #: a sum of m·n positive terms (fp32: measured changes of ±3e-7 at 1024×256 that are noise)
 DUAL_ROUNDOFF = {torch.float32: 1e-5, torch.float64: 1e-12}
@@ -206,19 +202,15 @@ def dual_aurora_tall(
     ``row_steps``: Newton iterations of each λ_i solve, at the start point and after a Newton step.
     """
     dtype = X.dtype
-    ridge = RIDGE.get(dtype, RIDGE[torch.float32])
+    ridge = GRAM_RIDGE.get(dtype, GRAM_RIDGE[torch.float32])  # the relative eigenvalue floor
     active = active_rows(X, eps)
     X = X * active
     t = X.size(-1) / active.sum(dim=-2, keepdim=True).clamp_min(1).to(dtype)
     norms = X.norm(dim=-1, keepdim=True)
-    start = torch.ones_like(norms)
-    if scaling is not None:
-        previous = scaling.to(dtype).unsqueeze(-1)
-        start = torch.where(previous > 0, previous, start)
-    D = start * active / norms.clamp_min(TINY)
+    D = initial_row_weights(norms, active, scaling)
     for _ in range(balance_steps):
         lev = _gram_leverage(X, D, ridge)
-        step = (_active_mean(lev, active) / lev.clamp_min(TINY)).pow(BALANCE_BETA)
+        step = (_active_mean(lev, active) / lev.clamp_min(TINY)).pow(BALANCE_BETA["gram"])
         D = D * torch.nan_to_num(step, nan=1.0, posinf=1.0) * active
         D = D / D.amax(dim=-2, keepdim=True).clamp_min(TINY)
 
@@ -233,7 +225,7 @@ def dual_aurora_tall(
     lev = DRc.square().sum(dim=-1, keepdim=True)  # the leverage of D·X: its row norms²
     vanilla_row_error = ((lev / t - 1).abs() * active).amax(dim=-2, keepdim=True)
     if scaling is not None:  # one more balancing step, for the next optimizer step
-        step = torch.nan_to_num((_active_mean(lev, active) / lev.clamp_min(TINY)).pow(BALANCE_BETA), nan=1.0)
+        step = torch.nan_to_num((_active_mean(lev, active) / lev.clamp_min(TINY)).pow(BALANCE_BETA["gram"]), nan=1.0)
         r = D * step * active * norms
         scaling.copy_((r / _active_mean(r, active).clamp_min(TINY)).squeeze(-1))
     d_median = torch.where(active, D, torch.nan).nanmedian(dim=-2, keepdim=True).values
