@@ -163,17 +163,24 @@ def measure(
     """Interleaved timings, accuracy, state and peak memory per optimizer.
 
     Round robin over the optimizers, ``warmup`` untimed rounds, then at least ``repeats`` timed
-    rounds, more (up to ``max_repeats``) until Muon has run ``min_seconds`` in all. The ratio uses
-    the fastest step of each optimizer (load from other processes only ever adds time); the
-    median is reported beside it.
+    rounds, more (up to ``max_repeats``) until Muon has run ``min_seconds`` in all. Every round
+    gives all optimizers the same fresh gradient (each matrix's first gradient plus new noise), so
+    the momentum drifts as in training and warm starts are not handed a converged problem. The
+    ratio uses the fastest step of each optimizer (load from other processes only ever adds time);
+    the median is reported beside it.
     """
     runs = {name: _make(name, shapes, polar, device, seed) for name in OPTIMIZERS}
+    signals = [p.grad.clone() for p in runs["muon"][1]]
+    noise = torch.Generator().manual_seed(seed + 1)
     times: dict[str, list[float]] = {name: [] for name in runs}
     before: dict[str, list[Tensor]] = {}
     r = 0
     while r < warmup + repeats or (sum(times["muon"]) < min_seconds and r < warmup + max_repeats):
         r += 1
+        gradients = [signal + synthetic_gradient(tuple(signal.shape), noise, device) for signal in signals]
         for name, (optimizer, params) in runs.items():
+            for p, gradient in zip(params, gradients):
+                p.grad.copy_(gradient)
             before[name] = [p.detach().clone() for p in params]
             _sync(device)
             start = time.perf_counter()
