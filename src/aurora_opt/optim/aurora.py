@@ -100,13 +100,17 @@ def _active_mean(values: Tensor, active: Tensor) -> Tensor:
     return (values * active).sum(dim=-2, keepdim=True) / active.sum(dim=-2, keepdim=True).clamp_min(1)
 
 
+def _leverage_spread(lev: Tensor, mean: Tensor, active: Tensor) -> Tensor:
+    """max_i |ℓ_i / ℓ̄ − 1| over the active rows, per matrix: ``[B]``."""
+    return ((lev / mean.clamp_min(TINY) - 1).abs() * active).amax(dim=(-2, -1))
+
+
 def row_uniformity_error(U: Tensor, active: Tensor | None = None) -> Tensor:
     """max_i |ℓ_i / mean(ℓ) − 1| over the active rows, per matrix: ``[B]`` (0 = exactly uniform)."""
     lev = leverage(U)
     if active is None:
         active = torch.ones_like(lev, dtype=torch.bool)
-    mean = _active_mean(lev, active)
-    return ((lev / mean.clamp_min(TINY) - 1).abs() * active).amax(dim=(-2, -1))
+    return _leverage_spread(lev, _active_mean(lev, active), active)
 
 
 def corrected_rows(U: Tensor, active: Tensor) -> Tensor:
@@ -223,7 +227,7 @@ def balanced_polar(
         # a matrix whose leverage came out non-finite keeps its D for this step
         step = torch.where(torch.isfinite(step).all(dim=-2, keepdim=True), step, torch.ones_like(step))
         if tolerance > 0:  # balanced matrices keep their D: each matrix gets what it would alone
-            done = ((lev / mean.clamp_min(TINY) - 1).abs() * active).amax(dim=(-2, -1)) <= tolerance
+            done = _leverage_spread(lev, mean, active) <= tolerance
             if host_syncs_allowed(done) and bool(done.all()):
                 break
             step = torch.where(done.view(-1, 1, 1), torch.ones_like(step), step)
