@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ from aurora_opt import Aurora, DualAurora, Muon, RiemannianAurora
 from aurora_opt.bench import gpt_shapes, machine_description, synthetic_gradient
 from aurora_opt.optim import dual_aurora_direction
 from aurora_opt.polar import svd_polar
+from aurora_opt.provenance import provenance
 
 OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "muon": (Muon, {}),
@@ -155,7 +154,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Riemannian-quality Aurora: gap, rows and cost (CPU, one thread)",
         "",
-        f"Machine: {report['machine']}. Date: {report['date']}. Command: `{report['command']}`.",
+        f"Machine: {report['machine']}. Commit {report['provenance']['commit']} "
+        f"(dirty: {report['provenance']['dirty']}), {report['provenance']['utc']}. "
+        f"Command: `{report['provenance']['command']}`.",
         "",
         "Fresh gradient every step (momentum 0.95, Nesterov); ratio = median step / Muon's median step",
         "(fastest steps in brackets); gap = (optimum − ⟨M, U⟩)/‖M‖_* and row error = max_i |‖U_i‖²·m/n − 1|",
@@ -191,11 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device("cpu")
+    command = ["python", "benchmarks/riemannian_study.py", *(sys.argv[1:] if argv is None else argv)]
     report: dict[str, Any] = {
+        "provenance": provenance(device, command),
         "machine": machine_description(device),
-        "python": platform.python_version(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "PYTHONPATH=src python benchmarks/riemannian_study.py " + " ".join(argv or sys.argv[1:]),
         "cases": {},
     }
     for case in args.cases.split(","):
