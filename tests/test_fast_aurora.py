@@ -272,6 +272,30 @@ def test_warm_start_keeps_rows_uniform_on_a_drifting_momentum():
     assert sum(errors_warm[6:]) < 0.5 * sum(errors_cold[6:])
 
 
+def test_predicted_last_gram_step_saves_the_verifying_one(monkeypatch):
+    """With the row correction, a matrix stops right after the Gram step that the last two spreads
+    predict to land within the tolerance: the same D as the loop that verifies it, one Gram step fewer."""
+    import aurora_opt.optim.aurora as aurora_module
+
+    calls = []
+    real = aurora_module.gram_leverage
+
+    def counted(X, D):
+        calls.append(1)
+        return real(X, D)
+
+    monkeypatch.setattr(aurora_module, "gram_leverage", counted)
+    X = unequal_rows(512, 128, 3, decades=2.0, shuffle=True, dtype=torch.float32).unsqueeze(0)
+    settings = dict(orthogonalize=polar_express, steps=8, beta=0.65, eps=1e-7, tolerance=1e-3)
+    _, verified = balanced_polar(X, **settings)
+    verifying_steps = len(calls)
+    calls.clear()
+    U, predicted = balanced_polar(X, **settings, row_correction=True)
+    assert len(calls) == verifying_steps - 1
+    torch.testing.assert_close(predicted, verified, rtol=0, atol=0)
+    assert row_uniformity_error(U).item() <= CORRECTED_ROW_TOLERANCE
+
+
 def test_reference_mode_is_selectable_and_validated():
     p = _params([(64, 16)], 12)
     assert Aurora(p, balance="polar").param_groups[0]["balance_steps"] == 2

@@ -197,7 +197,9 @@ def balanced_polar(
 
     With ``tolerance`` > 0 a matrix whose max |ℓ_i/ℓ̄ − 1| is within it keeps its D, and, where host
     synchronization is allowed, the loop ends once all do. ``row_correction``: finish with
-    :func:`corrected_rows`. Returns U and the new r = D·‖X_i‖ [B, m], normalized to mean 1 over the
+    :func:`corrected_rows`; with a tolerance it also lets a matrix stop one Gram step earlier, after
+    the step that the last two spreads s_{k−1}, s_k predict to land within it (s_k²/s_{k−1} ≤
+    tolerance, the balancing converging linearly), since the correction removes what remains. Returns U and the new r = D·‖X_i‖ [B, m], normalized to mean 1 over the
     active rows.
     """
     if balance not in BALANCE_MODES:
@@ -220,6 +222,7 @@ def balanced_polar(
         def leverage_of(D: Tensor) -> Tensor:
             return leverage(orthogonalize(D.to(X.dtype) * X)).to(gram_dtype)
 
+    frozen = previous = None  # per matrix: D final; the last spread
     for _ in range(balancing_steps):
         lev = leverage_of(D)
         mean = _active_mean(lev, active)
@@ -227,12 +230,21 @@ def balanced_polar(
         # a matrix whose leverage came out non-finite keeps its D for this step
         step = torch.where(torch.isfinite(step).all(dim=-2, keepdim=True), step, torch.ones_like(step))
         if tolerance > 0:  # balanced matrices keep their D: each matrix gets what it would alone
-            done = _leverage_spread(lev, mean, active) <= tolerance
-            if host_syncs_allowed(done) and bool(done.all()):
-                break
+            spread = _leverage_spread(lev, mean, active)
+            done = spread <= tolerance
+            if frozen is not None:
+                done = done | frozen
+            frozen = done
+            if row_correction and previous is not None:
+                # linear convergence: this step is predicted to land within the tolerance, so it is the
+                # last one (the row correction removes what a wrong prediction leaves)
+                frozen = done | (spread * spread <= tolerance * previous)
+            previous = spread
             step = torch.where(done.view(-1, 1, 1), torch.ones_like(step), step)
         D = D * step * active
         D = D / D.amax(dim=-2, keepdim=True).clamp_min(TINY)
+        if frozen is not None and host_syncs_allowed(frozen) and bool(frozen.all()):
+            break
     U = orthogonalize(D.to(X.dtype) * X)
     if row_correction:
         U = corrected_rows(U, active)
