@@ -199,8 +199,8 @@ def balanced_polar(
     synchronization is allowed, the loop ends once all do. ``row_correction``: finish with
     :func:`corrected_rows`; with a tolerance it also lets a matrix stop one Gram step earlier, after
     the step that the last two spreads s_{k−1}, s_k predict to land within it (s_k²/s_{k−1} ≤
-    tolerance, the balancing converging linearly), since the correction removes what remains. Returns U and the new r = D·‖X_i‖ [B, m], normalized to mean 1 over the
-    active rows.
+    tolerance, the balancing converging linearly), since the correction removes what remains.
+    Returns U and the new r = D·‖X_i‖ [B, m], normalized to mean 1 over the active rows.
     """
     if balance not in BALANCE_MODES:
         raise ValueError(f"invalid balance: {balance!r} (expected one of {BALANCE_MODES})")
