@@ -24,6 +24,11 @@ class Optimum:
     infeasibility: float  #: max(|UᵀU − I|, |‖U_i‖²/t − 1|)
 
 
+#: relative eigenvalue below which a direction of the dual's Hessian counts as its null direction
+#: (measured: the null eigenvalue ~1e-17, the smallest other ~6e-5 with two rows ×1e3)
+NULL_EIGENVALUE = 1e-12
+
+
 def _symmetric_basis(n: int, dtype: torch.dtype) -> Tensor:
     """B_k [K, n, n], K = n(n+1)/2: S = Σ_k x_k B_k for the upper-triangle entries x of S."""
     rows, cols = torch.triu_indices(n, n)
@@ -82,17 +87,27 @@ def exact_optimum(M: Tensor, *, iterations: int = 100) -> Optimum:
         hessian[:K, K:] = torch.einsum("ika,ia->ki", Bu, inverse_u)
         hessian[K:, :K] = hessian[:K, K:].mT
         hessian[K:, K:] = torch.diag((u * inverse_u).sum(dim=-1))
-        # S + cI with λ − c is the Hessian's null direction: least squares picks the minimal step
-        step = -torch.linalg.lstsq(hessian, grad.unsqueeze(-1), rcond=1e-13).solution.squeeze(-1)
+        # S + cI with λ − c is the Hessian's null direction: the pseudo-inverse from the symmetric
+        # eigendecomposition takes the minimal step and keeps the decrement gᵀH⁺g ≥ 0 (least squares,
+        # pivoted QR, returned non-descent steps in some runs once the null direction's rounding mixed in)
+        eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
+        kept = eigenvalues > NULL_EIGENVALUE * eigenvalues[-1]
+        basis_kept = eigenvectors[:, kept]
+        step = -basis_kept @ ((basis_kept.mT @ grad) / eigenvalues[kept])
         decrement = float(-(grad * step).sum())
         if decrement < 1e-24:  # M is normalized: d is O(1), and this is far below its round-off
             break
+        # the sufficient-decrease test compares values of d that differ by about the decrement; below
+        # d's own round-off it is decided by rounding (measured: it then stalled at infeasibility
+        # ~1e-9 with two rows ×1e3), so there the full step is taken, which Newton's method converges
+        # with once this close (2.5e-13)
+        resolvable = decrement > 100 * torch.finfo(M.dtype).eps * abs(float(value))
         alpha = 1.0
         while alpha > 1e-12:
             S_new = S + alpha * torch.einsum("k,kab->ab", step[:K], basis)
             lam_new = lam + alpha * step[K:]
             new = evaluate(S_new, lam_new)
-            if new[3] > 0 and new[0] <= value - 0.25 * alpha * decrement:
+            if new[3] > 0 and (not resolvable or new[0] <= value - 0.25 * alpha * decrement):
                 break
             alpha *= 0.5
         else:
