@@ -237,7 +237,7 @@ def warm_start_study(shape: tuple[int, int], *, polar: str, device: torch.device
             for M in momenta:
                 X = (M if m >= n else M.mT).unsqueeze(0).float()
                 U, r = balanced_polar(
-                    X, orthogonalize=orthogonalize, steps=gram_steps, beta=0.65, eps=1e-7, scaling=scaling
+                    X, orthogonalize=orthogonalize, steps=gram_steps, beta=None, eps=1e-7, scaling=scaling
                 )
                 scaling = r if warm else None
                 errors.append(float(row_uniformity_error(U)))

@@ -14,8 +14,9 @@ Two ways to find D:
 
 Both update D ← D·(ℓ̄/ℓ_i)^β. In the weights w = d² this is a diagonally preconditioned Newton step
 on the convex function log det(Mᵀ W M) − ℓ̄·Σ log w_i (its gradient in log w is ℓ − ℓ̄, its Hessian
-diag(ℓ) − P∘P, P the projector onto the range of D·M): β = 0.5 is the plain step, β ∈ (0.5, 1)
-over-relaxes it (β = 1 oscillates).
+diag(ℓ) − P∘P, P the projector onto the range of D·M): β = 0.5 preconditions with diag(ℓ) (the
+reference's step), β = 0.5/(1 − ℓ̄) with the Hessian's diagonal (the "gram" default, see
+:func:`balancing_exponent`).
 """
 
 from __future__ import annotations
@@ -35,29 +36,29 @@ TINY = 1e-30
 
 BALANCE_MODES = ("gram", "polar")
 #: defaults of (balance_steps, balance_beta, balance_tolerance) per mode. "polar": the reference
-#: (K = 2 polar factors, β = 0.5). "gram": measured on 1024×256 fp32 matrices with row norms spread
-#: over three decades (Polar Express): β = 0.65 contracts the row error about 10× per Gram step where
-#: β = 0.5 gives 4×. From a cold start small matrices need more steps (max row error over 5 random
-#: matrices with rows spread over three decades: 6.5e-2 at 8×2, 2.5e-2 at 64×16, 6.7e-3 at 704×256
-#: after 2 steps; 2.6e-3, 2.0e-5, 1.3e-5 after 8), so where host synchronization is allowed (eager on
-#: the CPU) "gram" runs up to 8 steps and stops once the rows are within 1e-3: one step when the warm
-#: start is already balanced. ``None`` steps mean that automatic choice; see GRAM_STEPS_SYNC_FREE.
-#: β per mode. "polar": also measured on a 256×64 matrix with row norms spread over three decades
-#: (exact SVD polar): β = 0.5 reaches 1e-5 row error in 10 polar factors where the undamped β = 1
-#: oscillates and is still at 3e-3.
-BALANCE_BETA = {"polar": 0.5, "gram": 0.65}
+#: (K = 2 polar factors, β = 0.5). "gram": β from :func:`balancing_exponent` (``None``); from a cold
+#: start small matrices need more steps than large ones, so where host synchronization is allowed
+#: (eager on the CPU) "gram" runs up to 8 steps and stops once the rows are within 1e-3: one step
+#: when the warm start is already balanced. ``None`` steps mean that automatic choice; see
+#: GRAM_STEPS_SYNC_FREE. "polar"'s β = 0.5, measured on a 256×64 matrix with row norms spread over
+#: three decades (exact SVD polar): 1e-5 row error in 10 polar factors where β = 1 oscillates and is
+#: still at 3e-3.
+BALANCE_BETA: dict[str, float | None] = {"polar": 0.5, "gram": None}
 #: max |ℓ_i/ℓ̄ − 1| at which a balancing may stop (Gram mode by default; Riemannian Aurora's
 #: start point and retractions in both modes)
 BALANCE_TOLERANCE = 1e-3
-MODE_DEFAULTS: dict[str, tuple[int | None, float, float]] = {
+MODE_DEFAULTS: dict[str, tuple[int | None, float | None, float]] = {
     "polar": (2, BALANCE_BETA["polar"], 0.0),
     "gram": (None, BALANCE_BETA["gram"], BALANCE_TOLERANCE),
 }
+#: 1 − ℓ̄ is floored here in the Newton exponent 0.5/(1 − ℓ̄), so β ≤ 25 for nearly square matrices
+NEWTON_SLACK_FLOOR = 0.02
 GRAM_STEPS_WITH_EARLY_EXIT = 8
 #: Gram steps run, all of them, where the step may not synchronize (CUDA, compiled): with the warm
-#: start over a drifting momentum (M ← 0.95·M + 0.05·G) 3 steps leave the rows of polar(D·M) within
-#: 7e-6 (1024×256) and 5e-4 (96×48) in fp32; a cold first step on a small matrix leaves up to 2e-2,
-#: which the row correction removes (at that step's cost in UᵀU − I).
+#: start over a drifting momentum (M ← 0.95·M + 0.05·G, rows spread over two decades, fresh noise of
+#: each row's size) 3 steps leave the rows of polar(D·M) within 9e-6 (1024×256), 1.3e-5 (768×256)
+#: and 3.4e-4 (96×48) in fp32 after the first step, which from a cold start leaves up to 1.4e-3
+#: (96×48); the row correction removes the rest (at that step's cost in UᵀU − I).
 GRAM_STEPS_SYNC_FREE = 3
 
 #: the row correction rescales each row of U by a factor within [1/ROW_CORRECTION_MAX,
@@ -130,6 +131,22 @@ def corrected_rows(U: Tensor, active: Tensor) -> Tensor:
     return (work * (factor * active)).to(U.dtype)
 
 
+def balancing_exponent(mean: Tensor, beta: float | None) -> Tensor | float:
+    """β of the balancing step D ← D·(ℓ̄/ℓ_i)^β: ``beta``, or for ``None`` the diagonal Newton step.
+
+    In the weights w = d² the balancing minimizes the convex log det(Xᵀ W X) − ℓ̄·Σ log w_i; in
+    log w its gradient is ℓ − ℓ̄ and its Hessian diag(ℓ) − P∘P (P the projector onto the range of
+    D·X), whose diagonal ℓ_i(1 − ℓ_i) is ℓ̄(1 − ℓ̄) at balance: a diagonal Newton step in log d is
+    β = 0.5/(1 − ℓ̄) (``mean`` [B, 1, 1] = ℓ̄ = n/m for a full-rank tall matrix). Measured on drifting
+    momenta (fresh noise each step, warm start, tolerance 1e-3): Gram steps per optimizer step against
+    a fixed β = 0.65 — 512×256: 2.9 vs 6.1, 768×256: 2.6 vs 3.8, 1024×256: 2.5 vs 2.7, 2048×256: 2.3
+    vs 3.5, 96×48: 4.0 vs 7.3, 256×192: 3.1 vs 12 (not converged).
+    """
+    if beta is not None:
+        return beta
+    return 0.5 / (1 - mean).clamp_min(NEWTON_SLACK_FLOOR)
+
+
 def gram_leverage(X: Tensor, D: Tensor) -> Tensor:
     """Leverage scores of D·X from its Gram matrix: ``[B, m, 1]``, in X's dtype (fp32 or float64).
 
@@ -176,7 +193,7 @@ def balanced_polar(
     orthogonalize: Callable[[Tensor], Tensor],
     balance: str = "gram",
     steps: int,
-    beta: float,
+    beta: float | None,
     eps: float,
     gram_dtype: torch.dtype | None = None,
     scaling: Tensor | None = None,
@@ -226,7 +243,7 @@ def balanced_polar(
     for _ in range(balancing_steps):
         lev = leverage_of(D)
         mean = _active_mean(lev, active)
-        step = (mean / lev.clamp_min(TINY)).pow(beta)
+        step = (mean / lev.clamp_min(TINY)).pow(balancing_exponent(mean, beta))
         # a matrix whose leverage came out non-finite keeps its D for this step
         step = torch.where(torch.isfinite(step).all(dim=-2, keepdim=True), step, torch.ones_like(step))
         if tolerance > 0:  # balanced matrices keep their D: each matrix gets what it would alone
@@ -263,7 +280,7 @@ def aurora_direction(
     *,
     orthogonalize: Callable[[Tensor], Tensor],
     balance_steps: int,
-    balance_beta: float,
+    balance_beta: float | None,
     eps: float,
     balance: str = "gram",
     gram_dtype: torch.dtype | None = None,
@@ -352,7 +369,8 @@ class Aurora(SpectralOptimizer):
             raise ValueError(f"invalid balance: {group['balance']!r} (expected one of {BALANCE_MODES})")
         if group["balance_steps"] is not None or group["balance"] != "gram":
             _check_int("balance_steps", group["balance_steps"], 1)
-        _check_float("balance_beta", group["balance_beta"], 0.0, 1.0, low_open=True)
+        if group["balance_beta"] is not None:
+            _check_float("balance_beta", group["balance_beta"], 0.0, 1.0, low_open=True)
         _check_float("balance_tolerance", group["balance_tolerance"], 0.0)
         if not isinstance(group["warm_start"], bool):
             raise ValueError(f"invalid warm_start: {group['warm_start']!r} (expected a bool)")
@@ -422,8 +440,9 @@ Aurora.__doc__ = rf"""Aurora: leverage-aware spectral descent (Tilde Research, a
             ``None``: up to 8, stopping at ``balance_tolerance``, eager on the CPU; exactly 3 on CUDA
             and under ``torch.compile``, where stopping early would need a host synchronization);
             ``"polar"``: K, the number of polar factors computed (default 2).
-        balance_beta (float or None): β, the exponent of the balancing step, in (0, 1]
-            (default 0.65 for ``"gram"``, 0.5 for ``"polar"``).
+        balance_beta (float or None): β, the exponent of the balancing step, in (0, 1]; ``None``
+            (the default for ``"gram"``) takes the diagonal Newton step β = 0.5/(1 − ℓ̄), ℓ̄ = n/m
+            for a full-rank tall matrix; 0.5 for ``"polar"``.
         balance_tolerance (float or None): stop balancing once max_i |ℓ_i/ℓ̄ − 1| is at most this
             (default 1e-3 for ``"gram"``; 0, i.e. always K steps, for ``"polar"``, as the reference).
         warm_start (bool): ``"gram"`` only: start the balancing from the last step's scaling

@@ -39,7 +39,16 @@ from torch import Tensor
 
 from ..matrices import tall
 from ._spectral import host_syncs_allowed
-from .aurora import BALANCE_BETA, GRAM_RIDGE, TINY, _active_mean, active_rows, initial_row_weights, leverage
+from .aurora import (
+    BALANCE_BETA,
+    GRAM_RIDGE,
+    TINY,
+    _active_mean,
+    active_rows,
+    balancing_exponent,
+    initial_row_weights,
+    leverage,
+)
 
 #: iterations of the scalar Newton solve for each λ_i at the start point (from last optimizer step's
 #: λ_i, or an estimate on the first step) and after a Newton step on S (from the λ_i before it); the
@@ -213,7 +222,8 @@ def dual_aurora_tall(
     D = initial_row_weights(norms, active, scaling)
     for _ in range(balance_steps):
         lev = _gram_leverage(X, D, ridge)
-        step = (_active_mean(lev, active) / lev.clamp_min(TINY)).pow(BALANCE_BETA["gram"])
+        mean = _active_mean(lev, active)
+        step = (mean / lev.clamp_min(TINY)).pow(balancing_exponent(mean, BALANCE_BETA["gram"]))
         D = D * torch.nan_to_num(step, nan=1.0, posinf=1.0) * active
         D = D / D.amax(dim=-2, keepdim=True).clamp_min(TINY)
 
@@ -228,7 +238,9 @@ def dual_aurora_tall(
     lev = DRc.square().sum(dim=-1, keepdim=True)  # the leverage of D·X: its row norms²
     vanilla_row_error = ((lev / t - 1).abs() * active).amax(dim=-2, keepdim=True)
     if scaling is not None:  # one more balancing step, for the next optimizer step
-        step = torch.nan_to_num((_active_mean(lev, active) / lev.clamp_min(TINY)).pow(BALANCE_BETA["gram"]), nan=1.0)
+        mean = _active_mean(lev, active)
+        step = (mean / lev.clamp_min(TINY)).pow(balancing_exponent(mean, BALANCE_BETA["gram"]))
+        step = torch.nan_to_num(step, nan=1.0)
         r = D * step * active * norms
         scaling.copy_((r / _active_mean(r, active).clamp_min(TINY)).squeeze(-1))
     d_median = torch.where(active, D, torch.nan).nanmedian(dim=-2, keepdim=True).values
