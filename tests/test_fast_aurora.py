@@ -272,12 +272,11 @@ def test_warm_start_keeps_rows_uniform_on_a_drifting_momentum():
     assert sum(errors_warm[6:]) < 0.5 * sum(errors_cold[6:])
 
 
-def test_predicted_last_gram_step_saves_the_verifying_one(monkeypatch):
-    """With the row correction, a matrix stops right after the Gram step that the last two spreads
-    predict to land within the tolerance: the same D as the loop that verifies it, one Gram step fewer."""
+def count_gram_steps(monkeypatch) -> list[int]:
+    """A list that gets one entry per call of gram_leverage (one Gram balancing step)."""
     import aurora_opt.optim.aurora as aurora_module
 
-    calls = []
+    calls: list[int] = []
     real = aurora_module.gram_leverage
 
     def counted(X, D):
@@ -285,6 +284,13 @@ def test_predicted_last_gram_step_saves_the_verifying_one(monkeypatch):
         return real(X, D)
 
     monkeypatch.setattr(aurora_module, "gram_leverage", counted)
+    return calls
+
+
+def test_predicted_last_gram_step_saves_the_verifying_one(monkeypatch):
+    """With the row correction, a matrix stops right after the Gram step that the last two spreads
+    predict to land within the tolerance: the same D as the loop that verifies it, one Gram step fewer."""
+    calls = count_gram_steps(monkeypatch)
     X = unequal_rows(512, 128, 3, decades=2.0, shuffle=True, dtype=torch.float32).unsqueeze(0)
     settings = dict(orthogonalize=polar_express, steps=8, beta=0.65, eps=1e-7, tolerance=1e-3)
     _, verified = balanced_polar(X, **settings)
@@ -301,16 +307,7 @@ def test_newton_exponent_balances_in_fewer_gram_steps(shape, monkeypatch):
     """β = 0.5/(1 − ℓ̄), the diagonal Newton step, reaches the tolerance in fewer Gram steps than a
     fixed β = 0.65 where n/m is far from 1/4 (measured from a cold start: 4 against 7 at 256×128, 5
     against 16 at 96×72), to the same tolerance."""
-    import aurora_opt.optim.aurora as aurora_module
-
-    calls = []
-    real = aurora_module.gram_leverage
-
-    def counted(X, D):
-        calls.append(1)
-        return real(X, D)
-
-    monkeypatch.setattr(aurora_module, "gram_leverage", counted)
+    calls = count_gram_steps(monkeypatch)
     X = unequal_rows(*shape, 5, decades=2.0, shuffle=True, dtype=torch.float32).unsqueeze(0)
     steps = {}
     for beta in (None, 0.65):
