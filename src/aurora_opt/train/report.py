@@ -335,7 +335,23 @@ def best_lrs(summary: list[dict[str, Any]]) -> dict[tuple[int, str], dict[str, A
     return best
 
 
+def _dodged(xs: list[float], index: int, count: int, log: bool) -> list[float]:
+    """x positions shifted apart so that the error bars of ``count`` series do not overlap."""
+    offset = (index - (count - 1) / 2) * 0.035
+    return [x * 10**offset if log else x + 4 * offset for x in xs]
+
+
+def _lr_axis(ax: Any, lrs: list[float]) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
+    ax.minorticks_off()
+    ax.set_xlim(min(lrs) / 10**0.2, max(lrs) * 10**0.2)
+
+
 def plot_sweep(out: Path, summary: list[dict[str, Any]]) -> list[Path]:
+    """``sweep_lr.png``: per expansion factor, final val loss (mean ± std over seeds), each optimizer's
+    difference to Muon at the same lr (paired over seeds, ± 1 standard error) and the starved fraction,
+    against lr. ``sweep_gain.png``: each optimizer − Muon at their best lrs against the expansion factor."""
     require("matplotlib")
     import matplotlib
 
@@ -344,48 +360,87 @@ def plot_sweep(out: Path, summary: list[dict[str, Any]]) -> list[Path]:
 
     expansions = sorted({c["mlp_expansion"] for c in summary})
     optimizers = list(dict.fromkeys(c["optimizer"] for c in summary))
-    fig, axes = plt.subplots(2, len(expansions), figsize=(4.2 * len(expansions), 7), squeeze=False, sharex=True)
+    others = [name for name in optimizers if name != "muon"]
+    paired_panel = "muon" in optimizers and bool(others)
+    rows = 3 if paired_panel else 2
+    fig, axes = plt.subplots(
+        rows, len(expansions), figsize=(4.6 * len(expansions), 3.2 * rows), squeeze=False, sharex="col"
+    )
+    cell = {(c["mlp_expansion"], c["optimizer"], c["lr"]): c for c in summary}
     for j, expansion in enumerate(expansions):
-        for name in optimizers:
+        lrs = sorted({c["lr"] for c in summary if c["mlp_expansion"] == expansion})
+        for k, name in enumerate(optimizers):
             cells = [c for c in summary if c["mlp_expansion"] == expansion and c["optimizer"] == name]
-            lrs = [c["lr"] for c in cells]
+            xs = _dodged([c["lr"] for c in cells], k, len(optimizers), log=True)
+            color = f"C{k}"
             axes[0][j].errorbar(
-                lrs,
+                xs,
                 [c["val_loss_mean"] for c in cells],
                 yerr=[c["val_loss_std"] for c in cells],
                 marker="o",
                 capsize=3,
+                color=color,
                 label=name,
             )
-            axes[1][j].plot(lrs, [100 * c["starved_mean"] for c in cells], marker="o", label=name)
-        axes[0][j].set(
-            xscale="log", title=f"MLP expansion {expansion}", ylabel="final val loss (mean ± std over seeds)"
-        )
-        axes[1][j].set(xscale="log", xlabel="lr", ylabel="% rows starved at the end (mean)")
+            axes[rows - 1][j].plot(xs, [100 * c["starved_mean"] for c in cells], marker="o", color=color, label=name)
+            if paired_panel and name != "muon":
+                pairs = [
+                    (c["lr"], difference(c, cell[(expansion, "muon", c["lr"])]))
+                    for c in cells
+                    if (expansion, "muon", c["lr"]) in cell
+                ]
+                axes[1][j].errorbar(
+                    _dodged([lr for lr, _ in pairs], k, len(optimizers), log=True),
+                    [d["value"] for _, d in pairs],
+                    yerr=[d["se"] or 0.0 for _, d in pairs],
+                    marker="o",
+                    capsize=3,
+                    color=color,
+                    label=name,
+                )
+        axes[0][j].set(title=f"MLP expansion {expansion}", ylabel="final val loss\n(mean ± std over seeds)")
+        if paired_panel:
+            axes[1][j].axhline(0, color="k", lw=0.8)
+            axes[1][j].set(ylabel="minus Muon's at the same lr\n(paired over seeds, ± 1 SE)")
+        axes[rows - 1][j].set(xlabel="lr", ylabel="% gate/up rows starved\nat the end (mean)")
         for ax in axes[:, j]:
+            _lr_axis(ax, lrs)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(optimizers), fontsize=9)
+    fig.tight_layout(rect=(0, 0.035 * 3 / rows, 1, 1))
     paths = [_save(fig, out / "sweep_lr.png")]
 
     best = best_lrs(summary)
-    if "muon" in optimizers and "aurora" in optimizers:
-        xs, gains, errs = [], [], []
-        for expansion in expansions:
-            if (expansion, "muon") in best and (expansion, "aurora") in best:
-                m, a = best[(expansion, "muon")], best[(expansion, "aurora")]
-                xs.append(expansion)
-                gains.append(m["val_loss_mean"] - a["val_loss_mean"])
-                errs.append(math.hypot(m["val_loss_std"], a["val_loss_std"]))
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        ax.errorbar(xs, gains, yerr=errs, marker="o", capsize=4)
+    if paired_panel:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k, name in enumerate(optimizers):
+            if name == "muon":
+                continue
+            xs, diffs = [], []
+            for expansion in expansions:
+                if (expansion, "muon") in best and (expansion, name) in best:
+                    xs.append(expansion)
+                    diffs.append(difference(best[(expansion, name)], best[(expansion, "muon")]))
+            ax.errorbar(
+                _dodged(xs, k, len(optimizers), log=False),
+                [d["value"] for d in diffs],
+                yerr=[d["se"] or 0.0 for d in diffs],
+                marker="o",
+                capsize=4,
+                color=f"C{k}",
+                label=name,
+            )
         ax.axhline(0, color="k", lw=0.8)
         ax.set(
             xlabel="MLP expansion factor",
-            ylabel="Muon − Aurora final val loss (nats/byte)",
-            title="Aurora's gain over Muon, each at its best lr",
-            xticks=xs,
+            ylabel="final val loss − Muon's (nats/byte)\nbelow 0: better than Muon",
+            title="Each optimizer against Muon, both at their best lr\n(paired over seeds, ± 1 standard error)",
+            xticks=expansions,
         )
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
         paths.append(_save(fig, out / "sweep_gain.png"))
     return paths
 
