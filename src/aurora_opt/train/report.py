@@ -67,6 +67,10 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- compare
+#: one marker per optimizer, so that curves that overlap can still be told apart
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
 def plot_compare(out: Path, runs: list[dict[str, Any]], diagnostics: dict[str, Any]) -> list[Path]:
     """loss.png, starved.png, leverage.png, starved_heatmap.png; returns the paths written."""
     require("matplotlib")
@@ -76,18 +80,42 @@ def plot_compare(out: Path, runs: list[dict[str, Any]], diagnostics: dict[str, A
     import matplotlib.pyplot as plt
 
     paths = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run in runs:
+    muon = next((run for run in runs if run["optimizer"] == "muon"), None)
+    if muon is not None:
+        fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(12, 4.5))
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax_diff = None
+    for k, run in enumerate(runs):
         steps = [h["step"] for h in run["history"]]
-        (line,) = ax.plot(
-            steps, [h["train_loss"] for h in run["history"]], label=f"{run['optimizer']} (lr {run['lr']:g})"
-        )
+        style = dict(color=f"C{k}", marker=_MARKERS[k % len(_MARKERS)])
+        ax.plot(steps, [h["train_loss"] for h in run["history"]], lw=1.2, color=style["color"], label=run["optimizer"])
         val = [(h["step"], h["val_loss"]) for h in run["history"] if h["val_loss"] is not None]
         if val:
-            ax.plot(*zip(*val), "o--", color=line.get_color(), markersize=4)
-    ax.set(xlabel="step", ylabel="loss (nats/byte)", title="training loss (lines), validation loss (dots)")
-    ax.legend()
+            ax.plot(*zip(*val), "--", markersize=6, **style)
+        if ax_diff is not None and val and run is not muon:
+            reference = {h["step"]: h["val_loss"] for h in muon["history"] if h["val_loss"] is not None}
+            pairs = [(step, loss - reference[step]) for step, loss in val if step in reference]
+            ax_diff.plot(*zip(*pairs), "-", label=run["optimizer"], **style)
+    # the first tenth of the run (the drop from ln 256) would squeeze the rest of the curves together
+    tail = [h["train_loss"] for run in runs for h in run["history"] if h["step"] >= runs[0]["history"][-1]["step"] / 10]
+    if tail:
+        ax.set_ylim(min(tail) - 0.05, max(tail) + 0.05)
+    ax.set(
+        xlabel="step",
+        ylabel="loss (nats/byte)",
+        title="training loss (solid), validation loss (dashed, markers)",
+    )
+    ax.legend(title="lr " + ", ".join(sorted({f"{run['lr']:g}" for run in runs})), fontsize=8)
     ax.grid(alpha=0.3)
+    if ax_diff is not None:
+        ax_diff.axhline(0, color="k", lw=0.8)
+        ax_diff.set(
+            xlabel="step", ylabel="validation loss − Muon's (nats/byte)", title="validation loss against Muon's"
+        )
+        ax_diff.legend(fontsize=8)
+        ax_diff.grid(alpha=0.3)
+    fig.tight_layout()
     paths.append(_save(fig, out / "loss.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -132,26 +160,36 @@ def plot_compare(out: Path, runs: list[dict[str, Any]], diagnostics: dict[str, A
                     ax.set_ylabel(run["optimizer"], fontsize=9)
                 if i == len(runs) - 1:
                     ax.set_xlabel("leverage × m / n (1 = uniform)", fontsize=8)
-        fig.suptitle("row leverage of polar(momentum), all gate/up/fc rows")
+        fig.suptitle(
+            "row leverage of polar(M), M each optimizer's momentum, all gate/up/fc rows\n"
+            "(Muon's update direction; NorMuon's and Aurora's updates rescale these rows)"
+        )
         paths.append(_save(fig, out / "leverage.png"))
 
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.6), squeeze=False)
-    for ax, run in zip(axes[0], diagnostics["runs"]):
+    grids = []
+    for run in diagnostics["runs"]:
         layer_names = list(run["layers"][0]["starved"]) if run["layers"] else []
         grid = [[100 * rec["starved"].get(name, 0.0) for rec in run["layers"]] for name in layer_names]
-        steps = [rec["step"] for rec in run["layers"]]
+        grids.append((run, layer_names, grid, [rec["step"] for rec in run["layers"]]))
+    # the colour scale ends at the largest fraction seen (at least 5 %), so that 10–20 % is not black
+    top = max([5.0] + [value for _, _, grid, _ in grids for row in grid for value in row])
+    fig, axes = plt.subplots(
+        1, len(runs), figsize=(3.2 * len(runs) + 1.5, 3.8), squeeze=False, sharey=True, layout="constrained"
+    )
+    for ax, (run, layer_names, grid, steps) in zip(axes[0], grids):
         image = ax.imshow(
             grid or [[0.0]],
             aspect="auto",
             vmin=0,
-            vmax=100,
-            cmap="magma",
+            vmax=top,
+            cmap="viridis",
             extent=(steps[0] if steps else 0, steps[-1] if steps else 1, len(layer_names) - 0.5, -0.5),
         )
-        ax.set_yticks(
-            range(len(layer_names)), [n.replace("blocks.", "L").replace(".mlp.", " ") for n in layer_names], fontsize=7
-        )
         ax.set(title=run["optimizer"], xlabel="step")
+    names = grids[0][1] if grids else []
+    axes[0][0].set_yticks(
+        range(len(names)), [n.replace("blocks.", "L").replace(".mlp.", " ") for n in names], fontsize=8
+    )
     fig.colorbar(image, ax=axes[0].tolist(), label="% rows starved")
     fig.suptitle("starved fraction per layer")
     paths.append(_save(fig, out / "starved_heatmap.png"))
