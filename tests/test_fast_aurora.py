@@ -318,6 +318,20 @@ def test_newton_exponent_balances_in_fewer_gram_steps(shape, monkeypatch):
     assert steps[None] < steps[0.65]
 
 
+@pytest.mark.parametrize(("polar_dtype", "steps"), [(torch.float32, 3), (torch.bfloat16, 2)], ids=["fp32", "bf16"])
+def test_sync_free_gram_steps_follow_the_polar_precision(polar_dtype, steps, monkeypatch):
+    """Without host syncs the balancing runs a fixed count: 3 Gram steps, 2 with a bf16 polar factor."""
+    from aurora_opt.optim import sync_free
+
+    calls = count_gram_steps(monkeypatch)
+    params = _params([(48, 16)], 8)
+    optimizer = Aurora(params, lr=0.1, polar_dtype=polar_dtype)
+    _grads(params, 0)
+    with sync_free():
+        optimizer.step()
+    assert len(calls) == steps
+
+
 def test_reference_mode_is_selectable_and_validated():
     p = _params([(64, 16)], 12)
     assert Aurora(p, balance="polar").param_groups[0]["balance_steps"] == 2

@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ..matrices import matrix_shape, tall
+from ..polar import default_polar_dtype
 from ._spectral import SpectralOptimizer, _check_float, _check_int, host_syncs_allowed, spectral_kwargs_doc
 
 #: smallest positive value used where a norm or a leverage score is divided by (fp32-safe)
@@ -60,6 +61,12 @@ GRAM_STEPS_WITH_EARLY_EXIT = 8
 #: and 3.4e-4 (96×48) in fp32 after the first step, which from a cold start leaves up to 1.4e-3
 #: (96×48); the row correction removes the rest (at that step's cost in UᵀU − I).
 GRAM_STEPS_SYNC_FREE = 3
+#: the same where the polar factor is computed in bf16/fp16 (the CUDA default): there its own error
+#: dominates whatever the rows start from. Measured with a harsher drift (a fresh gradient with new row
+#: scales each step, momentum 0.95, Nesterov), ‖UᵀU − I‖₂ of the corrected bf16 result after 1/2/3
+#: steps: 1.5e-2/1.3e-2/1.3e-2 (768×192), 1.3e-2/1.2e-2/1.2e-2 (1024×256), 6.2e-2/2.8e-2/2.6e-2
+#: (96×48); in fp32 3 steps gain 10× over 2 (8.0e-5 against 7.9e-4 at 768×192).
+GRAM_STEPS_SYNC_FREE_LOW_PRECISION = 2
 
 #: the row correction rescales each row of U by a factor within [1/ROW_CORRECTION_MAX,
 #: ROW_CORRECTION_MAX]. Measured corrections are within 1 ± 0.04 (bf16 Polar Express: row errors up to
@@ -328,6 +335,12 @@ def _finite_or_zero(U: Tensor, nonfinite_directions: Tensor | None) -> Tensor:
     return torch.where(finite.view(-1, 1, 1), U, torch.zeros((), dtype=U.dtype, device=U.device))
 
 
+def _sync_free_gram_steps(M: Tensor, group: dict[str, Any]) -> int:
+    polar_dtype = group["polar_dtype"] or default_polar_dtype(M.device)
+    low_precision = group["polar"] != "svd" and polar_dtype in (torch.bfloat16, torch.float16)
+    return GRAM_STEPS_SYNC_FREE_LOW_PRECISION if low_precision else GRAM_STEPS_SYNC_FREE
+
+
 class Aurora(SpectralOptimizer):
     algorithm = "aurora"
     stacked_state = ("balance_scaling", "nonfinite_directions")
@@ -390,7 +403,7 @@ class Aurora(SpectralOptimizer):
     def _direction(self, M, state, group, orthogonalize):
         steps = group["balance_steps"]
         if steps is None:
-            steps = GRAM_STEPS_WITH_EARLY_EXIT if host_syncs_allowed(M) else GRAM_STEPS_SYNC_FREE
+            steps = GRAM_STEPS_WITH_EARLY_EXIT if host_syncs_allowed(M) else _sync_free_gram_steps(M, group)
         return aurora_direction(
             M,
             orthogonalize=orthogonalize,
@@ -438,7 +451,8 @@ Aurora.__doc__ = rf"""Aurora: leverage-aware spectral descent (Tilde Research, a
         balance (str): ``"gram"`` (default) or ``"polar"`` (the reference's K polar factors).
         balance_steps (int or None): ``"gram"``: at most this many Gram balancing steps (default
             ``None``: up to 8, stopping at ``balance_tolerance``, eager on the CPU; exactly 3 on CUDA
-            and under ``torch.compile``, where stopping early would need a host synchronization);
+            and under ``torch.compile``, where stopping early would need a host synchronization, 2
+            there with a bf16/fp16 polar factor, whose own error dominates);
             ``"polar"``: K, the number of polar factors computed (default 2).
         balance_beta (float or None): β, the exponent of the balancing step, in (0, 1]; ``None``
             (the default for ``"gram"``) takes the diagonal Newton step β = 0.5/(1 − ℓ̄), ℓ̄ = n/m
