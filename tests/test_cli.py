@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from aurora_opt.cli import DEFAULT_LRS, build_parser, main
-from aurora_opt.train.report import difference, gain_trend
+from aurora_opt.train.report import difference, gain_trend, time_sentence
 
 TINY = [
     "--steps",
@@ -229,6 +229,16 @@ def test_sweep_resume_skips_finished_runs_and_refuses_changed_settings(tmp_path,
     ]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir() if p.name in finished} == finished
     assert again["runs"][0]["history"] == first["runs"][0]["history"]
+
+
+def test_time_sentence_counts_runs_loaded_by_a_resume():
+    runs = [{"final": {"sec_per_step": 0.5}}, {"final": {"sec_per_step": 0.25}}]
+    results = {"wall_seconds": 20.0, "config": {"steps": 100}, "runs": runs}
+    results["wall_seconds"] = 60.0
+    assert time_sentence(results) == "Wall time 60 s."  # 75 s trained ≤ 1.5 × 60 s: trained in this invocation
+    results["wall_seconds"] = 2.0
+    sentence = time_sentence(results)
+    assert "loaded runs finished earlier" in sentence and "trained for 75 s in all" in sentence
 
 
 def test_out_that_is_a_file_is_refused(tmp_path, capsys):

@@ -51,6 +51,19 @@ def machine_sentence(results: dict[str, Any]) -> str:
     )
 
 
+def time_sentence(results: dict[str, Any]) -> str:
+    """The wall time of the invocation that wrote ``results``, and, where it loaded runs finished by
+    earlier invocations (``--resume``), the time those runs trained: Σ s/step × steps over the runs."""
+    wall = results["wall_seconds"]
+    trained = sum(run["final"].get("sec_per_step", 0.0) for run in results["runs"]) * results["config"]["steps"]
+    if trained <= 1.5 * wall:
+        return f"Wall time {wall:.0f} s."
+    return (
+        f"Wall time {wall:.0f} s for the invocation that wrote these results, which loaded runs finished "
+        f"earlier; the runs trained for {trained:.0f} s in all (s/step × steps, summed over runs)."
+    )
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write atomically (temporary file, then rename)."""
     temporary = path.with_name(f".{path.name}.tmp")
@@ -213,7 +226,7 @@ def compare_report(results: dict[str, Any]) -> str:
         f"Model: byte-level GPT, {cfg['n_layer']} layers, d_model {cfg['d_model']}, {cfg['mlp']} MLP with expansion "
         f"{cfg['mlp_expansion']} ({cfg['num_params']:,} parameters); {cfg['steps']} steps of {cfg['batch_size']}×"
         f"{cfg['seq_len']} tokens; seed {cfg['seed']}; data: {cfg['data']['source']}.",
-        f"Learning rates: {cfg['lr_source']}. Wall time {results['wall_seconds']:.0f} s.",
+        f"Learning rates: {cfg['lr_source']}. {time_sentence(results)}",
         machine_sentence(results),
         "",
         "| optimizer | lr | weight decay | final val loss | starved rows | inactive units | s/step |",
@@ -492,7 +505,7 @@ def sweep_report(results: dict[str, Any], summary: list[dict[str, Any]]) -> str:
         f"{cfg['batch_size']}×{cfg['seq_len']} tokens; seeds {cfg['seeds']}; weight decay "
         f"{'each optimizer' + chr(39) + 's default' if cfg['weight_decay'] is None else cfg['weight_decay']}; "
         f"data: {cfg['data']['source']}.",
-        f"Wall time {results['wall_seconds']:.0f} s.",
+        time_sentence(results),
         machine_sentence(results),
         "",
         "| expansion | optimizer | lr | seeds | final val loss (mean ± std) | starved (mean / max) | inactive (mean) |",
