@@ -365,14 +365,24 @@ def gain_trend(gains: list[tuple[int, dict[str, Any]]]) -> str:
     if all(sig and change < 0 for _, _, change, sig in steps):
         return "The gain shrinks with the expansion factor: every step down exceeds 2 standard errors over seeds."
     significant = [f"{e1} → {e2} ({change:+.4f})" for e1, e2, change, sig in steps if sig]
+    within = [f"{e1} → {e2} ({change:+.4f})" for e1, e2, change, sig in steps if not sig]
     if not significant:
         return (
             "No change of the gain between expansion factors exceeds 2 standard errors over seeds: "
             "this grid shows no dependence of the gain on the expansion factor."
         )
+    rises = any(sig and change > 0 for _, _, change, sig in steps)
+    falls = any(sig and change < 0 for _, _, change, sig in steps)
+    if rises and falls:
+        return (
+            "The gain does not change monotonically with the expansion factor; changes beyond 2 standard "
+            "errors: " + ", ".join(significant) + "."
+        )
     return (
-        "The gain does not change monotonically with the expansion factor; changes beyond 2 standard "
-        "errors: " + ", ".join(significant) + "."
+        f"The gain {'grows' if rises else 'shrinks'} beyond 2 standard errors over seeds from "
+        + ", ".join(significant)
+        + ("; the change " + within[0] + " is" if len(within) == 1 else "; the changes " + ", ".join(within) + " are")
+        + " within 2 standard errors."
     )
 
 
