@@ -100,14 +100,16 @@ def exact_optimum(M: Tensor, *, iterations: int = 100) -> Optimum:
         # the sufficient-decrease test compares values of d that differ by about the decrement; below
         # d's own round-off it is decided by rounding (measured: it then stalled at infeasibility
         # ~1e-9 with two rows ×1e3), so there the full step is taken, which Newton's method converges
-        # with once this close (2.5e-13)
-        resolvable = decrement > 100 * torch.finfo(M.dtype).eps * abs(float(value))
+        # with once this close (2.5e-13), unless d rises beyond that round-off
+        roundoff = 100 * torch.finfo(M.dtype).eps * abs(float(value))
+        resolvable = decrement > roundoff
         alpha = 1.0
         while alpha > 1e-12:
             S_new = S + alpha * torch.einsum("k,kab->ab", step[:K], basis)
             lam_new = lam + alpha * step[K:]
             new = evaluate(S_new, lam_new)
-            if new[3] > 0 and (not resolvable or new[0] <= value - 0.25 * alpha * decrement):
+            rise = float(new[0] - value)
+            if new[3] > 0 and (rise <= -0.25 * alpha * decrement if resolvable else rise <= roundoff):
                 break
             alpha *= 0.5
         else:

@@ -52,8 +52,12 @@ MODE_DEFAULTS: dict[str, tuple[int | None, float | None, float]] = {
     "polar": (2, BALANCE_BETA["polar"], 0.0),
     "gram": (None, BALANCE_BETA["gram"], BALANCE_TOLERANCE),
 }
-#: 1 − ℓ̄ is floored here in the Newton exponent 0.5/(1 − ℓ̄), so β ≤ 25 for nearly square matrices
-NEWTON_SLACK_FLOOR = 0.02
+#: 1 − ℓ̄ is floored here in the Newton exponent 0.5/(1 − ℓ̄), so β ≤ 1 (reached at n/m = 1/2). The
+#: Newton step is only right near balance: uncapped, a nearly square matrix (ℓ̄ ≥ 0.9, β ≥ 5) with two
+#: nearly equal rows, which can never share out their direction, has its D blown apart in one step and
+#: its polar factor loses directions (200×196, 3 Gram steps: 25 singular values below 0.5 at β ≤ 25, the
+#: smallest 0.87 at β ≤ 5, 0.99 at β ≤ 1 as with the fixed β = 0.65)
+NEWTON_SLACK_FLOOR = 0.5
 GRAM_STEPS_WITH_EARLY_EXIT = 8
 #: Gram steps run, all of them, where the step may not synchronize (CUDA, compiled): with the warm
 #: start over a drifting momentum (M ← 0.95·M + 0.05·G, rows spread over two decades, fresh noise of
@@ -144,10 +148,11 @@ def balancing_exponent(mean: Tensor, beta: float | None) -> Tensor | float:
     In the weights w = d² the balancing minimizes the convex log det(Xᵀ W X) − ℓ̄·Σ log w_i; in
     log w its gradient is ℓ − ℓ̄ and its Hessian diag(ℓ) − P∘P (P the projector onto the range of
     D·X), whose diagonal ℓ_i(1 − ℓ_i) is ℓ̄(1 − ℓ̄) at balance: a diagonal Newton step in log d is
-    β = 0.5/(1 − ℓ̄) (``mean`` [B, 1, 1] = ℓ̄ = n/m for a full-rank tall matrix). Measured on drifting
-    momenta (fresh noise each step, warm start, tolerance 1e-3): Gram steps per optimizer step against
-    a fixed β = 0.65 — 512×256: 2.9 vs 6.1, 768×256: 2.6 vs 3.8, 1024×256: 2.5 vs 2.7, 2048×256: 2.3
-    vs 3.5, 96×48: 4.0 vs 7.3, 256×192: 3.1 vs 12 (not converged).
+    β = 0.5/(1 − ℓ̄) (``mean`` [B, 1, 1] = ℓ̄ = n/m for a full-rank tall matrix), capped at 1 (see
+    NEWTON_SLACK_FLOOR). Measured on drifting momenta (fresh noise each step, warm start, tolerance
+    1e-3): Gram steps per optimizer step against a fixed β = 0.65 — 512×256: 2.9 vs 6.1, 768×256: 2.6
+    vs 3.8, 1024×256: 2.5 vs 2.7, 2048×256: 2.3 vs 3.5, 96×48: 4.0 vs 7.3, 256×192 (β capped at 1):
+    8.5 vs 12 (neither converged within 12).
     """
     if beta is not None:
         return beta
@@ -221,9 +226,10 @@ def balanced_polar(
 
     With ``tolerance`` > 0 a matrix whose max |ℓ_i/ℓ̄ − 1| is within it keeps its D, and, where host
     synchronization is allowed, the loop ends once all do. ``row_correction``: finish with
-    :func:`corrected_rows`; with a tolerance it also lets a matrix stop one Gram step earlier, after
-    the step that the last two spreads s_{k−1}, s_k predict to land within it (s_k²/s_{k−1} ≤
-    tolerance, the balancing converging linearly), since the correction removes what remains.
+    :func:`corrected_rows`; with a tolerance, where the loop can end early, it also lets a matrix stop
+    one Gram step earlier, after the step that the last two spreads s_{k−1}, s_k predict to land within
+    it (s_k²/s_{k−1} ≤ tolerance, the balancing converging linearly), since the correction removes what
+    remains.
     Returns U and the new r = D·‖X_i‖ [B, m], normalized to mean 1 over the active rows.
     """
     if balance not in BALANCE_MODES:
@@ -259,9 +265,10 @@ def balanced_polar(
             if frozen is not None:
                 done = done | frozen
             frozen = done
-            if row_correction and previous is not None:
+            if row_correction and previous is not None and host_syncs_allowed(spread):
                 # linear convergence: this step is predicted to land within the tolerance, so it is the
-                # last one (the row correction removes what a wrong prediction leaves)
+                # last one (the row correction removes what a wrong prediction leaves). Only where the
+                # loop can stop early: with a fixed count of steps the next one costs nothing extra
                 frozen = done | (spread * spread <= tolerance * previous)
             previous = spread
             step = torch.where(done.view(-1, 1, 1), torch.ones_like(step), step)
@@ -337,7 +344,7 @@ def _finite_or_zero(U: Tensor, nonfinite_directions: Tensor | None) -> Tensor:
 
 def _sync_free_gram_steps(M: Tensor, group: dict[str, Any]) -> int:
     polar_dtype = group["polar_dtype"] or default_polar_dtype(M.device)
-    low_precision = group["polar"] != "svd" and polar_dtype in (torch.bfloat16, torch.float16)
+    low_precision = polar_dtype in (torch.bfloat16, torch.float16)
     return GRAM_STEPS_SYNC_FREE_LOW_PRECISION if low_precision else GRAM_STEPS_SYNC_FREE
 
 
@@ -408,7 +415,7 @@ class Aurora(SpectralOptimizer):
             M,
             orthogonalize=orthogonalize,
             balance_steps=steps,
-            balance_beta=group["balance_beta"],
+            balance_beta=BALANCE_BETA[group["balance"]] if group["balance_beta"] is None else group["balance_beta"],
             eps=group["eps"],
             balance=group["balance"],
             gram_dtype=gram_dtype_for(group["polar"], group["polar_dtype"]),

@@ -62,12 +62,11 @@ ROW_RESOLVE_STEPS = 2
 MARGIN_FLOOR = 2e-3
 #: the dual point falls back to vanilla Aurora's where max_i |‖U_i‖²/t − 1| exceeds this
 FALLBACK_ROW_ERROR = 1e-2
-#: the final row balancing step E: e_i = (t/ℓ_i)^(β/(1 − t)). In the log of the row weights, the
-#: balancing minimizes a convex function whose gradient is ℓ − t and whose Hessian has the diagonal
-#: ℓ_i(1 − ℓ_i) ≈ t(1 − t), so the diagonal Newton step is β = 0.5 scaled by 1/(1 − t). Measured on a
-#: drifting 96×24 momentum with 4 rows ×1e3 (30 steps): max row error 1.6e-2 with β = 0.5 (one
-#: fallback), 5.1e-3 with the 1/(1 − t) factor; on the other 29 steps it halved the row error
-FINISH_BETA = 0.5
+#: the final row balancing step E: e_i = (t/ℓ_i)^β with β = 0.5/(1 − t) capped at 1, the diagonal
+#: Newton step of :func:`~aurora_opt.optim.aurora.balancing_exponent` (the leverage's Hessian has the
+#: diagonal ℓ_i(1 − ℓ_i) ≈ t(1 − t)). Measured on a drifting 96×24 momentum with 4 rows ×1e3 (30 steps):
+#: max row error 1.6e-2 with β = 0.5 (one fallback), 5.1e-3 with the Newton step; on the other 29 steps
+#: it halved the row error.
 
 
 def _frobenius(A: Tensor, B: Tensor) -> Tensor:
@@ -240,7 +239,7 @@ def dual_aurora_tall(
     if scaling is not None:  # one more balancing step, for the next optimizer step
         mean = _active_mean(lev, active)
         step = (mean / lev.clamp_min(TINY)).pow(balancing_exponent(mean, BALANCE_BETA["gram"]))
-        step = torch.nan_to_num(step, nan=1.0)
+        step = torch.nan_to_num(step, nan=1.0, posinf=1.0)
         r = D * step * active * norms
         scaling.copy_((r / _active_mean(r, active).clamp_min(TINY)).squeeze(-1))
     d_median = torch.where(active, D, torch.nan).nanmedian(dim=-2, keepdim=True).values
@@ -265,7 +264,7 @@ def dual_aurora_tall(
 
     # finish: one balancing step of the rows of Y, then the polar factor of E·Y·Vᵀ
     lev_Y = ((E.Y @ _inverse_gram(E.G, ridge)) * E.Y).sum(dim=-1, keepdim=True)
-    balance = torch.nan_to_num((t / lev_Y.clamp_min(TINY)).pow(FINISH_BETA / (1 - t)), nan=1.0, posinf=1.0)
+    balance = torch.nan_to_num((t / lev_Y.clamp_min(TINY)).pow(balancing_exponent(t, None)), nan=1.0, posinf=1.0)
     EY = E.Y * balance * active
     U = EY @ (_inverse_sqrt(EY.mT @ EY, ridge) @ V.mT)
 

@@ -109,9 +109,11 @@ def plot_compare(out: Path, runs: list[dict[str, Any]], diagnostics: dict[str, A
         if ax_diff is not None and val and run is not muon:
             reference = {h["step"]: h["val_loss"] for h in muon["history"] if h["val_loss"] is not None}
             pairs = [(step, loss - reference[step]) for step, loss in val if step in reference]
-            ax_diff.plot(*zip(*pairs), "-", label=run["optimizer"], **style)
+            if pairs:
+                ax_diff.plot(*zip(*pairs), "-", label=run["optimizer"], **style)
     # the first tenth of the run (the drop from ln 256) would squeeze the rest of the curves together
-    tail = [h["train_loss"] for run in runs for h in run["history"] if h["step"] >= runs[0]["history"][-1]["step"] / 10]
+    last_step = max((h["step"] for run in runs for h in run["history"]), default=0)
+    tail = [h["train_loss"] for run in runs for h in run["history"] if h["step"] >= last_step / 10]
     if tail:
         ax.set_ylim(min(tail) - 0.05, max(tail) + 0.05)
     ax.set(
@@ -463,7 +465,7 @@ def plot_sweep(out: Path, summary: list[dict[str, Any]]) -> list[Path]:
         if paired_panel:
             axes[1][j].axhline(0, color="k", lw=0.8)
             axes[1][j].set(ylabel="minus Muon's at the same lr\n(paired over seeds, ± 1 SE)")
-        axes[rows - 1][j].set(xlabel="lr", ylabel="% gate/up rows starved\nat the end (mean)")
+        axes[rows - 1][j].set(xlabel="lr", ylabel="% gate/up/fc rows starved\nat the end (mean)")
         for ax in axes[:, j]:
             _lr_axis(ax, lrs)
             ax.grid(alpha=0.3)
