@@ -465,7 +465,7 @@ Aurora.__doc__ = rf"""Aurora: leverage-aware spectral descent (Tilde Research, a
             ``"polar"``: K, the number of polar factors computed (default 2).
         balance_beta (float or None): β, the exponent of the balancing step, in (0, 1]; ``None``
             (the default for ``"gram"``) takes the diagonal Newton step β = 0.5/(1 − ℓ̄), ℓ̄ = n/m
-            for a full-rank tall matrix; 0.5 for ``"polar"``.
+            for a full-rank tall matrix, capped near 1; 0.5 for ``"polar"``.
         balance_tolerance (float or None): stop balancing once max_i |ℓ_i/ℓ̄ − 1| is at most this
             (default 1e-3 for ``"gram"``; 0, i.e. always K steps, for ``"polar"``, as the reference).
         warm_start (bool): ``"gram"`` only: start the balancing from the last step's scaling
