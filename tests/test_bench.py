@@ -61,3 +61,25 @@ def test_module_entry_point_runs(tmp_path: Path):
         [sys.executable, "-m", "aurora_opt.bench", "--help"], capture_output=True, text=True, check=True
     )
     assert "--quick" in result.stdout
+
+
+def test_gpu_benchmark_runs_on_the_cpu(tmp_path: Path):
+    """benchmarks/gpu.py --quick --device cpu: every section but the compiled one (its matrices are
+    the model section's compiled steps too), the model uncompiled; JSON and markdown for each."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "benchmarks" / "gpu.py"), "--quick", "--device", "cpu"]
+    command += ["--sections", "polar,matrices,model", "--no-compile-model", "--out", str(tmp_path)]
+    subprocess.run(command, capture_output=True, text=True, check=True, cwd=root)
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    for matrix in report["matrices"]:
+        optimizers = matrix["optimizers"]
+        assert set(optimizers) == {"muon", "normuon", "unormuon", "aurora"}
+        assert all(entry["median_ms"] > 0 for entry in optimizers.values())
+        assert optimizers["aurora"]["row_error"] <= ROW_TARGET < optimizers["muon"]["row_error"]
+    for matrix in report["polar_backends"]:  # the quintic Newton–Schulz is ~0.2 off by design
+        assert all(entry["relative_error"] < 0.5 for entry in matrix["backends"].values())
+        assert matrix["backends"]["polar_express/float32"]["relative_error"] < 1e-5  # measured ≤ 9.2e-7
+    steps = report["model"]["steps"]
+    assert set(steps) == {"adamw eager", "muon eager", "muon compiled", "aurora eager", "aurora compiled"}
+    assert all(entry["whole"]["median_ms"] > entry["optimizer"]["median_ms"] > 0 for entry in steps.values())
+    assert "| aurora compiled |" in (tmp_path / "gpu.md").read_text()
