@@ -343,6 +343,18 @@ def test_newton_exponent_keeps_a_nearly_square_matrix_full_rank():
     assert torch.linalg.svdvals(U[0].double()).min() > 0.5  # measured 0.99
 
 
+def test_a_polar_mode_group_keeps_the_references_exponent():
+    """A group that switches to balance="polar" but inherits balance_beta=None from a "gram" optimizer
+    balances with the reference's β = 0.5, not the Gram mode's Newton exponent."""
+    inherited, explicit = _params([(48, 16)], 9), _params([(48, 16)], 9)
+    a = Aurora([{"params": inherited, "balance": "polar", "balance_steps": 2, "balance_tolerance": 0.0}], lr=0.1)
+    b = Aurora(explicit, lr=0.1, balance="polar", balance_beta=0.5)
+    assert a.param_groups[0]["balance_beta"] is None
+    _grads(inherited, 1), _grads(explicit, 1)
+    a.step(), b.step()
+    assert torch.equal(inherited[0], explicit[0])
+
+
 def test_reference_mode_is_selectable_and_validated():
     p = _params([(64, 16)], 12)
     assert Aurora(p, balance="polar").param_groups[0]["balance_steps"] == 2
