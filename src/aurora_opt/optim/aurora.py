@@ -161,6 +161,11 @@ def balancing_exponent(mean: Tensor, beta: float | None) -> Tensor | float:
     return 0.5 / (1 - mean).clamp_min(NEWTON_SLACK_FLOOR)
 
 
+def balancing_step(lev: Tensor, mean: Tensor, beta: float | None) -> Tensor:
+    """The factor (ℓ̄/ℓ_i)^β of each row's weight in one balancing step (β: :func:`balancing_exponent`)."""
+    return (mean / lev.clamp_min(TINY)).pow(balancing_exponent(mean, beta))
+
+
 def gram_leverage(X: Tensor, D: Tensor) -> Tensor:
     """Leverage scores of D·X from its Gram matrix: ``[B, m, 1]``, in X's dtype (fp32 or float64).
 
@@ -258,7 +263,7 @@ def balanced_polar(
     for _ in range(balancing_steps):
         lev = leverage_of(D)
         mean = _active_mean(lev, active)
-        step = (mean / lev.clamp_min(TINY)).pow(balancing_exponent(mean, beta))
+        step = balancing_step(lev, mean, beta)
         # a matrix whose leverage came out non-finite keeps its D for this step
         step = torch.where(torch.isfinite(step).all(dim=-2, keepdim=True), step, torch.ones_like(step))
         if tolerance > 0:  # balanced matrices keep their D: each matrix gets what it would alone

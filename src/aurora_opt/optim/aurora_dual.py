@@ -45,7 +45,7 @@ from .aurora import (
     TINY,
     _active_mean,
     active_rows,
-    balancing_exponent,
+    balancing_step,
     initial_row_weights,
     leverage,
 )
@@ -221,8 +221,7 @@ def dual_aurora_tall(
     D = initial_row_weights(norms, active, scaling)
     for _ in range(balance_steps):
         lev = _gram_leverage(X, D, ridge)
-        mean = _active_mean(lev, active)
-        step = (mean / lev.clamp_min(TINY)).pow(balancing_exponent(mean, BALANCE_BETA["gram"]))
+        step = balancing_step(lev, _active_mean(lev, active), BALANCE_BETA["gram"])
         D = D * torch.nan_to_num(step, nan=1.0, posinf=1.0) * active
         D = D / D.amax(dim=-2, keepdim=True).clamp_min(TINY)
 
@@ -237,9 +236,9 @@ def dual_aurora_tall(
     lev = DRc.square().sum(dim=-1, keepdim=True)  # the leverage of D·X: its row norms²
     vanilla_row_error = ((lev / t - 1).abs() * active).amax(dim=-2, keepdim=True)
     if scaling is not None:  # one more balancing step, for the next optimizer step
-        mean = _active_mean(lev, active)
-        step = (mean / lev.clamp_min(TINY)).pow(balancing_exponent(mean, BALANCE_BETA["gram"]))
-        step = torch.nan_to_num(step, nan=1.0, posinf=1.0)
+        step = torch.nan_to_num(
+            balancing_step(lev, _active_mean(lev, active), BALANCE_BETA["gram"]), nan=1.0, posinf=1.0
+        )
         r = D * step * active * norms
         scaling.copy_((r / _active_mean(r, active).clamp_min(TINY)).squeeze(-1))
     d_median = torch.where(active, D, torch.nan).nanmedian(dim=-2, keepdim=True).values
@@ -264,7 +263,7 @@ def dual_aurora_tall(
 
     # finish: one balancing step of the rows of Y, then the polar factor of E·Y·Vᵀ
     lev_Y = ((E.Y @ _inverse_gram(E.G, ridge)) * E.Y).sum(dim=-1, keepdim=True)
-    balance = torch.nan_to_num((t / lev_Y.clamp_min(TINY)).pow(balancing_exponent(t, None)), nan=1.0, posinf=1.0)
+    balance = torch.nan_to_num(balancing_step(lev_Y, t, None), nan=1.0, posinf=1.0)
     EY = E.Y * balance * active
     U = EY @ (_inverse_sqrt(EY.mT @ EY, ridge) @ V.mT)
 

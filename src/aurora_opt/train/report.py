@@ -96,6 +96,7 @@ def plot_compare(out: Path, runs: list[dict[str, Any]], diagnostics: dict[str, A
     muon = next((run for run in runs if run["optimizer"] == "muon"), None)
     if muon is not None:
         fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(12, 4.5))
+        muon_val = {h["step"]: h["val_loss"] for h in muon["history"] if h["val_loss"] is not None}
     else:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         ax_diff = None
@@ -107,8 +108,7 @@ def plot_compare(out: Path, runs: list[dict[str, Any]], diagnostics: dict[str, A
         if val:
             ax.plot(*zip(*val), "--", markersize=6, **style)
         if ax_diff is not None and val and run is not muon:
-            reference = {h["step"]: h["val_loss"] for h in muon["history"] if h["val_loss"] is not None}
-            pairs = [(step, loss - reference[step]) for step, loss in val if step in reference]
+            pairs = [(step, loss - muon_val[step]) for step, loss in val if step in muon_val]
             if pairs:
                 ax_diff.plot(*zip(*pairs), "-", label=run["optimizer"], **style)
     # the first tenth of the run (the drop from ln 256) would squeeze the rest of the curves together
