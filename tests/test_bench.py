@@ -49,7 +49,19 @@ def test_quick_bench_writes_json_and_markdown(tmp_path: Path, capsys):
     m, n = bench.QUICK_SHAPES[1]
     expected = 1 + 1 / n + 1 / (m * n)
     assert abs(report["per_shape"][1]["aurora"]["state_floats_per_param"] - expected) < 1e-9
+    # momenta recorded from training the GPT with Muon, replayed to every optimizer
+    training = report["training"]
+    assert training["train_steps"] == 2 and training["rounds"] == 2
+    # the GPT's own spectral matrices: qkv (3d × d), the attention output (d × d), gate, up, down
+    assert [tuple(s) for s in training["shapes"]] == [(48, 16), (16, 16), (64, 16), (64, 16), (16, 64)]
+    assert set(training["results"]) == set(bench.OPTIMIZERS)
+    for entry in training["results"].values():
+        assert entry["timed_steps"] == 2  # every recorded round is timed (--quick has no warm-up)
+        assert entry["seconds"] <= entry["median_seconds"]
+        assert 0 < entry["alignment_min"] <= 1 + 1e-4
+    assert training["results"]["muon"]["row_error"] > 100 * training["results"]["aurora"]["row_error"]
     table = (tmp_path / "bench.md").read_text()
+    assert training["label"] in table
     assert report["machine"] in table
     for name in bench.OPTIMIZERS:
         assert f"| {name} |" in table

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .matrices import matrix_shape
+from .matrices import all_finite, matrix_shape
 
 #: ``process_group=LOCAL`` makes an optimizer step its parameters alone even when
 #: torch.distributed is initialized (e.g. independent models on each rank).
@@ -164,7 +164,7 @@ def finite_flags(grads: Sequence[Tensor], process_group: Any | None) -> Tensor:
     ``all_reduce`` so all ranks agree on whether to skip or raise; replicated gradients are the
     same on every rank and need no communication.
     """
-    finite = torch.stack([torch.isfinite(local_tensor(g)).all() for g in grads])
+    finite = torch.stack([all_finite(local_tensor(g)) for g in grads])
     if process_group is not None and any(is_dtensor(g) for g in grads):
         flags = finite.to(torch.uint8)
         dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=process_group)

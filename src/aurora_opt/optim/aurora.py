@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ..matrices import matrix_shape, tall
+from ..matrices import all_finite, matrix_shape, tall
 from ..polar import default_polar_dtype
 from ._spectral import SpectralOptimizer, _check_float, _check_int, host_syncs_allowed, spectral_kwargs_doc
 
@@ -343,9 +343,11 @@ def aurora_direction(
 
 def _finite_or_zero(U: Tensor, nonfinite_directions: Tensor | None) -> Tensor:
     """U [B, m, n] with each non-finite matrix replaced by zeros; counted in ``nonfinite_directions`` [B]."""
-    finite = torch.isfinite(U).all(dim=-1).all(dim=-1)
+    finite = all_finite(U, (-2, -1))
     if nonfinite_directions is not None:
         nonfinite_directions.add_((~finite).to(nonfinite_directions.dtype))
+    if host_syncs_allowed(finite) and bool(finite.all()):
+        return U
     return torch.where(finite.view(-1, 1, 1), U, torch.zeros((), dtype=U.dtype, device=U.device))
 
 

@@ -37,7 +37,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..matrices import tall
+from ..matrices import all_finite, tall
 from ._spectral import host_syncs_allowed
 from .aurora import (
     BALANCE_BETA,
@@ -161,7 +161,7 @@ def _newton_direction(E: _Evaluation, cg_steps: int) -> Tensor:
 
 def _finite_or(A: Tensor, fill: Tensor | float) -> Tensor:
     """A where all of its matrix is finite, else ``fill`` (an eigendecomposition raises on NaN)."""
-    return torch.where(A.isfinite().all(dim=-1, keepdim=True).all(dim=-2, keepdim=True), A, fill)
+    return torch.where(all_finite(A, (-2, -1), keepdim=True), A, fill)
 
 
 def _inverse_gram(C: Tensor, ridge: float) -> Tensor:
@@ -278,7 +278,7 @@ def dual_aurora_tall(
         (margin >= MARGIN_FLOOR)
         & (row_error <= FALLBACK_ROW_ERROR)
         & ((_frobenius(X, U) >= vanilla_value) | (vanilla_row_error > FALLBACK_ROW_ERROR))
-        & U.isfinite().all(dim=-1, keepdim=True).all(dim=-2, keepdim=True)
+        & all_finite(U, (-2, -1), keepdim=True)
     )
     if multipliers is not None:
         # the μ of the start point S = C^{1/2}/median(D), which the next step starts from again

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ..matrices import matrix_shape, tall
+from ..matrices import all_finite, matrix_shape, tall
 from ..polar import default_polar_dtype
 from ._spectral import (
     SpectralOptimizer,
@@ -187,7 +187,7 @@ def riemannian_aurora_direction(
             limit = FIRST_STEP * X.size(-1) ** 0.5 / torch.linalg.matrix_norm(Z, keepdim=True).clamp_min(TINY)
             t = torch.where(torch.isfinite(limit), torch.minimum(t, limit), t)
         # a non-finite step is never retracted (an SVD backend raises on it) and never accepted
-        finite = torch.isfinite(Z).all(dim=(-2, -1), keepdim=True) & torch.isfinite(t)
+        finite = all_finite(Z, (-2, -1), keepdim=True) & torch.isfinite(t)
         candidate = retract(torch.where(finite, U + t * Z, U))
         candidate_value = objective(candidate)
         better = (candidate_value > value) & full_rank & finite & torch.isfinite(candidate_value)
