@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 import aurora_opt
 from aurora_opt import bench
+from aurora_opt.optim.aurora import GRAM_STEPS_WITH_EARLY_EXIT
 from reference import RIEMANNIAN_ROW_TOLERANCE
 
 #: rows within 1 % (the issue's target); the tiny matrices here converge more slowly than large ones
@@ -63,6 +66,11 @@ def test_quick_bench_writes_json_and_markdown(tmp_path: Path, capsys):
         assert entry["seconds"] <= entry["median_seconds"]
         assert 0 < entry["alignment_min"] <= 1 + 1e-4
     assert training["results"]["muon"]["row_error"] > 100 * training["results"]["aurora"]["row_error"]
+    # every non-square matrix takes between 1 and GRAM_STEPS_WITH_EARLY_EXIT Gram steps per optimizer step
+    assert set(report["gram_steps"]) == {"synthetic", "training"}
+    for steps in report["gram_steps"].values():
+        for start in ("warm_start", "cold_start"):
+            assert 1 <= steps[start] <= GRAM_STEPS_WITH_EARLY_EXIT
     table = (tmp_path / "bench.md").read_text()
     assert training["label"] in table
     assert report["machine"] in table
@@ -98,3 +106,15 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path: Path):
     assert set(steps) == {"adamw eager", "muon eager", "muon compiled", "aurora eager", "aurora compiled"}
     assert all(entry["whole"]["median_ms"] > entry["optimizer"]["median_ms"] > 0 for entry in steps.values())
     assert "| aurora compiled |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_gram_step_count_sees_the_warm_start_converge():
+    """With the same gradient every round (and a momentum buffer equal to it) the momentum never moves:
+    cold-started, every step repeats the first one's count; warm-started, the steps after the first
+    start from balanced rows and need one or two Gram steps (measured: 4 cold, 1.67 warm on average)."""
+    gradient = bench.synthetic_gradient((96, 24), torch.Generator().manual_seed(0), torch.device("cpu"))
+    recording = bench.Recording([gradient.clone()], [[gradient.clone()] for _ in range(6)], "fixed")
+    cold = bench.gram_steps_per_matrix(recording, polar="polar_express", warm_start=False)
+    warm = bench.gram_steps_per_matrix(recording, polar="polar_express", warm_start=True)
+    assert cold == int(cold) and cold >= 3  # the same count each round: a whole number, from a cold start
+    assert warm <= (cold + 2 * 5) / 6  # the first round as cold, then at most two Gram steps each

@@ -193,9 +193,7 @@ def measure(
     runs = {name: _make(name, shapes, polar, device, seed) for name in OPTIMIZERS}
     if recorded is not None:
         for optimizer, params in runs.values():
-            optimizer._init_group()
-            for p, buffer in zip(params, recorded.momentum_buffers):
-                optimizer.state[p]["momentum_buffer"].copy_(buffer)
+            _start_from(optimizer, params, recorded)
     signals = [p.grad.clone() for p in runs["muon"][1]]
     noise = torch.Generator().manual_seed(seed + 1)
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -260,6 +258,13 @@ class Recording:
     description: str
 
 
+def _start_from(optimizer: SpectralOptimizer, params: list[Tensor], recorded: Recording) -> None:
+    """Create the optimizer's state (every parameter has a gradient) with the recorded momentum buffers."""
+    optimizer._init_group()
+    for p, buffer in zip(params, recorded.momentum_buffers):
+        optimizer.state[p]["momentum_buffer"].copy_(buffer)
+
+
 def record_training(
     d_model: int, layers: int, expansion: int, *, steps: int, rounds: int, device: torch.device, seed: int = 0
 ) -> Recording:
@@ -267,8 +272,7 @@ def record_training(
     bytes from the standard library's source, nothing downloaded) for ``steps`` steps, then record
     its momentum buffers and the gradients of the next ``rounds`` steps, training on. The leverage of
     a trained network's momenta moves more from step to step than that of the synthetic drift, so
-    Aurora's warm-started balancing needs more Gram steps: measured at d 256, 3.4–3.8 per matrix and
-    step over steps 0–150 (3.8–4.2 without the warm start), against 2.1–3.0 on the synthetic drift."""
+    Aurora's warm-started balancing needs more Gram steps (see :func:`gram_steps_per_matrix`)."""
     torch.manual_seed(seed)
     config = GPTConfig(d_model=d_model, n_layer=layers, mlp_expansion=expansion)
     model = GPT(config).to(device)
@@ -292,6 +296,55 @@ def record_training(
         f"momenta of a GPT d={d_model} L={layers} e={expansion} trained by Muon, steps {steps}–{steps + rounds - 1}"
     )
     return Recording(buffers, gradients, description)
+
+
+class BatchCounter(TorchDispatchMode):
+    """Counts the matrices that one op is applied to (its first argument's batch size), e.g. the
+    Cholesky factorizations of Aurora's Gram balancing steps."""
+
+    def __init__(self, op: Any) -> None:
+        super().__init__()
+        self.op = op
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is self.op:
+            self.count += math.prod(args[0].shape[:-2])
+        return func(*args, **(kwargs or {}))
+
+
+def synthetic_recording(
+    shapes: list[tuple[int, int]], *, rounds: int, device: torch.device, seed: int = 0
+) -> Recording:
+    """The gradients :func:`measure` feeds its first ``rounds`` rounds (zero momentum at the start)."""
+    generator = torch.Generator().manual_seed(seed)
+    signals = []
+    for shape in shapes:  # drawn in :func:`_make`'s order: each parameter's values, then its gradient
+        torch.randn(shape, generator=generator)
+        signals.append(synthetic_gradient(shape, generator, device))
+    noise = torch.Generator().manual_seed(seed + 1)
+    gradients = [
+        [signal + synthetic_gradient(tuple(signal.shape), noise, device) for signal in signals] for _ in range(rounds)
+    ]
+    return Recording([torch.zeros_like(signal) for signal in signals], gradients, "synthetic")
+
+
+def gram_steps_per_matrix(recorded: Recording, *, polar: str, warm_start: bool) -> float:
+    """Fast Aurora's Gram balancing steps per non-square matrix and optimizer step over the recorded
+    rounds (one Cholesky factorization per step and matrix; retries of a failed one count too)."""
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in recorded.gradients[0]]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer = Aurora(params, lr=1.0, weight_decay=0.0, polar=polar, warm_start=warm_start)
+    _start_from(optimizer, params, recorded)
+    counter = BatchCounter(torch.ops.aten.linalg_cholesky_ex)
+    for gradients in recorded.gradients:
+        for p, gradient in zip(params, gradients):
+            p.grad.copy_(gradient)
+        with counter:
+            optimizer.step()
+    non_square = sum(1 for p in params if p.size(0) != p.size(1))
+    return counter.count / max(1, non_square * len(recorded.gradients))
 
 
 def warm_start_study(shape: tuple[int, int], *, polar: str, device: torch.device, steps: int = 30) -> dict[str, Any]:
@@ -362,10 +415,20 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine: {report['machine']}. Polar backend: `{report['polar']}`. Interleaved round robin, "
         f"{report['warmup']} warm-up round(s), then ≥ {report['repeats']} timed rounds (more for fast shapes); "
         "ms = fastest step, × Muon = ratio of fastest steps; row error = max_i |‖U_i‖²/mean_j ‖U_j‖² − 1| "
-        "and ⟨M,U⟩/‖M‖_* of the last step (worst matrix); extra peak = peak memory allocated during a step minus Muon's, in units of the "
-        "largest matrix.",
+        "and ⟨M,U⟩/‖M‖_* of the last step (worst matrix); extra peak = peak memory allocated during a step "
+        "minus Muon's, in units of the largest matrix.",
         "",
         *_format_table(rows),
+        "",
+        "Fast Aurora's Gram balancing steps per non-square matrix and optimizer step on the GPT's momenta "
+        "(untimed replay; the warm start begins each step from the last step's balanced rows):",
+        "",
+        "| gradients | rounds | warm start | cold start |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {g['rounds']} | {g['warm_start']:.2f} | {g['cold_start']:.2f} |"
+            for name, g in report["gram_steps"].items()
+        ),
         "",
         f"Warm start of the Gram balancing ({report['warm_start']['shape'][0]}×{report['warm_start']['shape'][1]}, "
         "row error of fast Aurora on a drifting momentum):",
@@ -464,6 +527,17 @@ def run(args: argparse.Namespace) -> int:
             "results": results,
         }
         print(f"{recording.description}: " + ", ".join(f"{k} {v['ratio_to_muon']:.2f}×" for k, v in results.items()))
+    recordings = {"synthetic": synthetic_recording(model_shapes, rounds=warmup + repeats, device=device)}
+    if training is not None:
+        recordings["training"] = recording
+    gram_steps = {
+        name: {
+            "warm_start": gram_steps_per_matrix(rec, polar=args.polar, warm_start=True),
+            "cold_start": gram_steps_per_matrix(rec, polar=args.polar, warm_start=False),
+            "rounds": len(rec.gradients),
+        }
+        for name, rec in recordings.items()
+    }
     warm_shape = (4 * d_model, d_model)
     report = {
         "provenance": provenance(device, getattr(args, "command_line", None)),
@@ -476,6 +550,7 @@ def run(args: argparse.Namespace) -> int:
         "per_shape": per_shape,
         "model": {"label": label, "shapes": [list(s) for s in model_shapes], "results": model},
         "training": training,
+        "gram_steps": gram_steps,
         "warm_start": warm_start_study(warm_shape, polar=args.polar, device=device),
     }
     args.out.mkdir(parents=True, exist_ok=True)
