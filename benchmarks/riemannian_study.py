@@ -7,13 +7,17 @@ Every step each optimizer gets the same fresh gradient G_t, so its momentum drif
 - ``dominant_rows``: the same with the first 4 rows of every G_t ×1e3;
 - ``gpt``: the hidden matrices of the bench's SwiGLU GPT (``aurora_opt.bench.gpt_shapes``, d 256,
   4 layers, expansion 4); G_t = a fixed signal (``aurora_opt.bench.synthetic_gradient``: low rank,
-  row scales over two decades) plus fresh Gaussian noise of the same RMS.
+  row scales over two decades) plus fresh Gaussian noise of the same RMS;
+- ``training``: that GPT trained by Muon on the embedded corpus (``aurora_opt.bench.record_training``,
+  q/k/v fused into one 768×256 matrix): its momentum buffers after 60 steps, then the gradients of the
+  steps after them.
 
 Timing: ``optimizer.step()`` round robin over the optimizers in one process, one intra-op thread,
 ``--warmup`` untimed steps, then ``--steps`` timed ones; the ratio to Muon is of the medians (the
 fastest steps beside). Accuracy at the last step, for every non-square matrix (oriented tall):
 gap = (optimum − ⟨M, U⟩)/‖M‖_* with M the momentum the step used (the same for every optimizer),
-row error = max_i |‖U_i‖²·m/n − 1|. The optimum is the dual-Newton scheme run to convergence in
+row error = max_i |‖U_i‖²/mean_j ‖U_j‖² − 1| (the mean is n/m where U is semi-orthogonal; less where M
+has directions too small for Polar Express to lift, as the recorded qkv momenta do). The optimum is the dual-Newton scheme run to convergence in
 float64 from a cold start (8 Newton steps of 30 CG iterations, 16 iterations per λ_i solve); its own row and orthogonality
 errors are reported, and tests/test_aurora_dual.py checks the scheme against a certified optimum.
 
@@ -35,8 +39,9 @@ import torch
 from torch import Tensor
 
 from aurora_opt import Aurora, DualAurora, Muon, RiemannianAurora
-from aurora_opt.bench import gpt_shapes, machine_description, synthetic_gradient
+from aurora_opt.bench import gpt_shapes, machine_description, record_training, start_from, synthetic_gradient
 from aurora_opt.optim import dual_aurora_direction
+from aurora_opt.optim.aurora import row_uniformity_error
 from aurora_opt.polar import svd_polar
 from aurora_opt.provenance import provenance
 
@@ -50,19 +55,29 @@ OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
 }
 
 
-def gradient_source(case: str, seed: int):
-    """(shapes, next_gradients()) for a case; each call of next_gradients gives fresh gradients."""
+#: Muon steps of the GPT before its momenta are recorded for the ``training`` case
+TRAINING_STEPS = 60
+
+
+def gradient_source(case: str, seed: int, rounds: int):
+    """(shapes, next_gradients(), recording or None) for a case; each call of next_gradients gives
+    the next step's gradients (``rounds`` of them for ``training``, whose recording also holds the
+    momentum buffers the optimizers start from)."""
     generator = torch.Generator().manual_seed(seed)
+    if case == "training":
+        recording = record_training(256, 4, 4, steps=TRAINING_STEPS, rounds=rounds, device=torch.device("cpu"))
+        replay = iter(recording.gradients)
+        return [tuple(g.shape) for g in recording.gradients[0]], lambda: next(replay), recording
     if case in ("gaussian", "dominant_rows"):
         shapes = [(1024, 256)]
         scale = torch.ones(1024, 1)
         if case == "dominant_rows":
             scale[:4] = 1e3
-        return shapes, lambda: [torch.randn(1024, 256, generator=generator) * scale]
+        return shapes, lambda: [torch.randn(1024, 256, generator=generator) * scale], None
     shapes = gpt_shapes(256, 4, 4)
     signals = [synthetic_gradient(shape, generator, torch.device("cpu")) for shape in shapes]
     rms = [float(s.square().mean().sqrt()) for s in signals]
-    return shapes, lambda: [s + r * torch.randn(s.shape, generator=generator) for s, r in zip(signals, rms)]
+    return shapes, lambda: [s + r * torch.randn(s.shape, generator=generator) for s, r in zip(signals, rms)], None
 
 
 def reference_optimum(M: Tensor) -> tuple[Tensor, float, float]:
@@ -70,19 +85,22 @@ def reference_optimum(M: Tensor) -> tuple[Tensor, float, float]:
     U = dual_aurora_direction(
         M[None], orthogonalize=svd_polar, balance_steps=10, newton_steps=8, cg_steps=30, row_steps=(16, 16)
     )[0]
-    m, n = M.shape
-    rows = float((U.square().sum(dim=-1) * m / n - 1).abs().max())
-    orthogonality = float((U.mT @ U - torch.eye(n, dtype=U.dtype)).abs().max())
+    rows = float(row_uniformity_error(U[None]))
+    orthogonality = float((U.mT @ U - torch.eye(M.size(-1), dtype=U.dtype)).abs().max())
     return U, rows, orthogonality
 
 
 def run_case(case: str, *, steps: int, warmup: int, seed: int) -> dict[str, Any]:
-    shapes, next_gradients = gradient_source(case, seed)
+    shapes, next_gradients, recording = gradient_source(case, seed, warmup + steps)
     runs = {}
     for name, (cls, kwargs) in OPTIMIZERS.items():
         params = [torch.nn.Parameter(torch.zeros(shape)) for shape in shapes]
         # lr 1 and no weight decay: a step from W = 0 leaves W = −s(m, n)·U
         runs[name] = (cls(params, lr=1.0, weight_decay=0.0, polar="polar_express", **kwargs), params)
+        if recording is not None:
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            start_from(runs[name][0], params, recording)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for step in range(warmup + steps):
         grads = next_gradients()
@@ -121,8 +139,7 @@ def run_case(case: str, *, steps: int, warmup: int, seed: int) -> dict[str, Any]
             entry = accuracy[name]
             gaps[name].append((optimum - float((M * U).sum())) / nuclear)
             entry["gap_max"] = max(entry["gap_max"], gaps[name][-1])
-            tall_m, tall_n = U.shape
-            row_error = float((U.square().sum(dim=-1) * tall_m / tall_n - 1).abs().max())
+            row_error = float(row_uniformity_error(U[None]))
             entry["row_error_max"] = max(entry["row_error_max"], row_error)
 
     muon_median = statistics.median(times["muon"])
@@ -159,7 +176,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['provenance']['command']}`.",
         "",
         "Fresh gradient every step (momentum 0.95, Nesterov); ratio = median step / Muon's median step",
-        "(fastest steps in brackets); gap = (optimum − ⟨M, U⟩)/‖M‖_* and row error = max_i |‖U_i‖²·m/n − 1|",
+        "(fastest steps in brackets); gap = (optimum − ⟨M, U⟩)/‖M‖_* and row error = max_i |‖U_i‖²/mean_j ‖U_j‖² − 1|",
         "at the last step, worst non-square matrix (median over them in brackets); fallbacks = matrix-steps that got vanilla Aurora's point.",
         "",
     ]
@@ -185,7 +202,7 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("riemannian-study"))
-    parser.add_argument("--cases", default="gaussian,dominant_rows,gpt")
+    parser.add_argument("--cases", default="gaussian,dominant_rows,gpt,training")
     parser.add_argument("--steps", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)

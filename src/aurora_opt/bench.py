@@ -193,7 +193,7 @@ def measure(
     runs = {name: _make(name, shapes, polar, device, seed) for name in OPTIMIZERS}
     if recorded is not None:
         for optimizer, params in runs.values():
-            _start_from(optimizer, params, recorded)
+            start_from(optimizer, params, recorded)
     signals = [p.grad.clone() for p in runs["muon"][1]]
     noise = torch.Generator().manual_seed(seed + 1)
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -258,7 +258,7 @@ class Recording:
     description: str
 
 
-def _start_from(optimizer: SpectralOptimizer, params: list[Tensor], recorded: Recording) -> None:
+def start_from(optimizer: SpectralOptimizer, params: list[Tensor], recorded: Recording) -> None:
     """Create the optimizer's state (every parameter has a gradient) with the recorded momentum buffers."""
     optimizer._init_group()
     for p, buffer in zip(params, recorded.momentum_buffers):
@@ -336,7 +336,7 @@ def gram_steps_per_matrix(recorded: Recording, *, polar: str, warm_start: bool) 
     for p in params:
         p.grad = torch.zeros_like(p)
     optimizer = Aurora(params, lr=1.0, weight_decay=0.0, polar=polar, warm_start=warm_start)
-    _start_from(optimizer, params, recorded)
+    start_from(optimizer, params, recorded)
     counter = BatchCounter(torch.ops.aten.linalg_cholesky_ex)
     for gradients in recorded.gradients:
         for p, gradient in zip(params, gradients):
