@@ -177,3 +177,26 @@ def test_optimizer_carries_row_weights_and_counts_fallbacks_without_host_sync():
     assert state["dual_scaling"].shape == (1, 96) and not torch.equal(state["dual_scaling"], torch.ones(1, 96))
     assert bool((state["dual_multipliers"] > 0).all())
     assert optimizer.fallback_count() == 0
+
+
+def test_the_first_fallback_warns_once_and_healthy_momenta_do_not(recwarn):
+    """A rank-4 momentum has a dual that is not tight: vanilla Aurora's point, said once per optimizer."""
+    generator = torch.Generator().manual_seed(0)
+    low_rank = torch.nn.Parameter(torch.zeros(64, 16))
+    optimizer = DualAurora([low_rank])
+    for step in range(2):
+        low_rank.grad = torch.randn(64, 4, generator=generator) @ torch.randn(4, 16, generator=generator)
+        if step == 0:
+            with pytest.warns(RuntimeWarning, match="vanilla Aurora's point") as caught:
+                optimizer.step()
+            assert caught[0].filename == __file__  # points at the caller's step()
+        else:
+            optimizer.step()
+    assert optimizer.fallback_count() == 2
+    healthy = torch.nn.Parameter(torch.zeros(64, 16))
+    quiet = DualAurora([healthy])
+    for _ in range(3):
+        healthy.grad = torch.randn(64, 16, generator=generator)
+        quiet.step()
+    assert quiet.fallback_count() == 0
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # nor the second fallback
