@@ -78,8 +78,8 @@ class DualAurora(SpectralOptimizer):
             warnings.warn(
                 f"DualAurora: a {M.size(-2)}×{M.size(-1)} matrix got vanilla Aurora's point instead of the "
                 "dual-Newton direction (its dual was not tight or the point not certified better), at the full "
-                "cost of the dual scheme. Rank-deficient momenta and rows spread over decades do this; on momenta "
-                "recorded from training a small GPT it happened in about 4 of 5 matrix-steps. Counted per matrix "
+                "cost of the dual scheme. Its dual is not tight on rank-deficient momenta, rows spread over decades "
+                "and most momenta recorded from training a small GPT (4 of 5 matrix-steps there). Counted per matrix "
                 "in state['dual_fallbacks'] (fallback_count() sums them); warned once per optimizer.",
                 RuntimeWarning,
                 stacklevel=8,  # the line that calls optimizer.step()
