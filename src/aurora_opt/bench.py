@@ -24,6 +24,7 @@ Gram balancing behaves on a drifting momentum. Writes ``bench.json`` and ``bench
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import statistics
 import sys
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,8 +196,10 @@ def measure(
     if recorded is not None:
         for optimizer, params in runs.values():
             start_from(optimizer, params, recorded)
-    signals = [p.grad.clone() for p in runs["muon"][1]]
-    noise = torch.Generator().manual_seed(seed + 1)
+    if recorded is not None:
+        rounds: Iterator[list[Tensor]] = iter(recorded.gradients)
+    else:
+        rounds = drifting_gradients([p.grad.clone() for p in runs["muon"][1]], device, seed)
     times: dict[str, list[float]] = {name: [] for name in runs}
     before: dict[str, list[Tensor]] = {}
     r = 0
@@ -205,10 +209,7 @@ def measure(
         else r < warmup + repeats or (sum(times["muon"]) < min_seconds and r < warmup + max_repeats)
     ):
         r += 1
-        if recorded is not None:
-            gradients = recorded.gradients[r - 1]
-        else:
-            gradients = [signal + synthetic_gradient(tuple(signal.shape), noise, device) for signal in signals]
+        gradients = next(rounds)
         for name, (optimizer, params) in runs.items():
             for p, gradient in zip(params, gradients):
                 p.grad.copy_(gradient)
@@ -313,19 +314,19 @@ class BatchCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def drifting_gradients(signals: list[Tensor], device: torch.device, seed: int) -> Iterator[list[Tensor]]:
+    """Each round's gradients: every matrix's first gradient (``signals``) plus new noise."""
+    noise = torch.Generator().manual_seed(seed + 1)
+    while True:
+        yield [signal + synthetic_gradient(tuple(signal.shape), noise, device) for signal in signals]
+
+
 def synthetic_recording(
     shapes: list[tuple[int, int]], *, rounds: int, device: torch.device, seed: int = 0
 ) -> Recording:
     """The gradients :func:`measure` feeds its first ``rounds`` rounds (zero momentum at the start)."""
-    generator = torch.Generator().manual_seed(seed)
-    signals = []
-    for shape in shapes:  # drawn in :func:`_make`'s order: each parameter's values, then its gradient
-        torch.randn(shape, generator=generator)
-        signals.append(synthetic_gradient(shape, generator, device))
-    noise = torch.Generator().manual_seed(seed + 1)
-    gradients = [
-        [signal + synthetic_gradient(tuple(signal.shape), noise, device) for signal in signals] for _ in range(rounds)
-    ]
+    signals = [p.grad for p in _make("muon", shapes, DEFAULT_POLAR, device, seed)[1]]
+    gradients = list(itertools.islice(drifting_gradients(signals, device, seed), rounds))
     return Recording([torch.zeros_like(signal) for signal in signals], gradients, "synthetic")
 
 
