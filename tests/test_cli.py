@@ -233,8 +233,7 @@ def test_sweep_resume_skips_finished_runs_and_refuses_changed_settings(tmp_path,
 
 def test_time_sentence_counts_runs_loaded_by_a_resume():
     runs = [{"final": {"sec_per_step": 0.5}}, {"final": {"sec_per_step": 0.25}}]
-    results = {"wall_seconds": 20.0, "config": {"steps": 100}, "runs": runs}
-    results["wall_seconds"] = 60.0
+    results = {"wall_seconds": 60.0, "config": {"steps": 100}, "runs": runs}
     assert time_sentence(results) == "Wall time 60 s."  # 75 s trained ≤ 1.5 × 60 s: trained in this invocation
     results["wall_seconds"] = 2.0
     sentence = time_sentence(results)
