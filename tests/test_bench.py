@@ -11,7 +11,8 @@ import torch
 
 import aurora_opt
 from aurora_opt import bench
-from aurora_opt.optim.aurora import GRAM_STEPS_WITH_EARLY_EXIT
+from aurora_opt.optim import sync_free
+from aurora_opt.optim.aurora import GRAM_STEPS_SYNC_FREE, GRAM_STEPS_WITH_EARLY_EXIT
 from reference import RIEMANNIAN_ROW_TOLERANCE
 
 #: rows within 1 % (the issue's target); the tiny matrices here converge more slowly than large ones
@@ -118,3 +119,5 @@ def test_gram_step_count_sees_the_warm_start_converge():
     warm = bench.gram_steps_per_matrix(recording, polar="polar_express", warm_start=True)
     assert cold == int(cold) and cold >= 3  # the same count each round: a whole number, from a cold start
     assert warm <= (cold + 2 * 5) / 6  # the first round as cold, then at most two Gram steps each
+    with sync_free():  # a fixed count, whose Cholesky factorizations are each retried once (masked)
+        assert bench.gram_steps_per_matrix(recording, polar="polar_express", warm_start=True) == GRAM_STEPS_SYNC_FREE

@@ -301,7 +301,7 @@ def record_training(
 
 class BatchCounter(TorchDispatchMode):
     """Counts the matrices that one op is applied to (its first argument's batch size), e.g. the
-    Cholesky factorizations of Aurora's Gram balancing steps."""
+    triangular solves of Aurora's Gram balancing steps."""
 
     def __init__(self, op: Any) -> None:
         super().__init__()
@@ -332,13 +332,14 @@ def synthetic_recording(
 
 def gram_steps_per_matrix(recorded: Recording, *, polar: str, warm_start: bool) -> float:
     """Fast Aurora's Gram balancing steps per non-square matrix and optimizer step over the recorded
-    rounds (one Cholesky factorization per step and matrix; retries of a failed one count too)."""
+    rounds: one triangular solve per Gram step and matrix (the Cholesky factorization before it may be
+    retried, and always is once without host synchronization)."""
     params = [torch.nn.Parameter(torch.zeros_like(g)) for g in recorded.gradients[0]]
     for p in params:
         p.grad = torch.zeros_like(p)
     optimizer = Aurora(params, lr=1.0, weight_decay=0.0, polar=polar, warm_start=warm_start)
     start_from(optimizer, params, recorded)
-    counter = BatchCounter(torch.ops.aten.linalg_cholesky_ex)
+    counter = BatchCounter(torch.ops.aten.linalg_solve_triangular)
     for gradients in recorded.gradients:
         for p, gradient in zip(params, gradients):
             p.grad.copy_(gradient)
