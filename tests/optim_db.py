@@ -33,6 +33,7 @@ COMMON_ERROR_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"polar": "qr"}, "polar"),
     ({"ns_steps": 0}, "ns_steps"),
     ({"polar_dtype": torch.int32}, "polar_dtype"),
+    ({"polar_reduction": "lu"}, "polar_reduction"),
     ({"on_nonfinite_grad": "ignore"}, "on_nonfinite_grad"),
     ({"adamw_betas": (0.9, 1.0)}, "betas"),
     ({"adamw_lr": -3e-4}, "lr"),
@@ -43,6 +44,7 @@ COMMON_VARIANTS: list[dict[str, Any]] = [
     {"momentum": 0.0},
     {"adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.1},
     {"polar": "newton_schulz"},
+    {"polar_reduction": "qr"},
 ]
 
 OPTIM_DB: dict[str, OptimInfo] = {

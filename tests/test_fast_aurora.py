@@ -10,13 +10,12 @@ import torch
 from aurora_opt import Aurora, Muon, NorMuon, RiemannianAurora
 from aurora_opt.optim._spectral import stacking_plan
 from aurora_opt.optim.aurora import (
-    GRAM_RIDGE,
     aurora_direction,
     balanced_polar,
     gram_leverage,
     row_uniformity_error,
 )
-from aurora_opt.polar import make_orthogonalizer, polar_express, svd_polar
+from aurora_opt.polar import GRAM_RIDGE, make_orthogonalizer, polar_express, svd_polar
 from reference import RIEMANNIAN_ROW_TOLERANCE, unequal_rows
 
 #: float64 with the exact SVD polar: agreement is limited by rounding over tens of iterations

@@ -7,6 +7,8 @@ import torch
 
 from aurora_opt.polar import (
     POLAR_BACKENDS,
+    QR_REDUCTION_MIN_ASPECT,
+    cholesky_qr,
     get_polar,
     make_orthogonalizer,
     polar_express_coefficients,
@@ -141,3 +143,74 @@ def test_unknown_backend_and_bad_steps():
         get_polar("nope")
     with pytest.raises(ValueError, match="positive integer"):
         get_polar("polar_express")(torch.ones(3, 2), steps=0)
+
+
+# ---------------------------------------------------------------------------- the "qr" reduction
+# polar(X) = Q·polar(R) for X = QR: every backend is an odd matrix function of X, so the reduction
+# changes the rounding, not the direction.
+
+
+@pytest.mark.parametrize("orientation", ["tall", "wide"])
+def test_qr_reduced_exact_polar_in_float64(orientation):
+    # κ = 1e3 over 96×24: one CholeskyQR pass in float64 would leave 2e-11 (ε₆₄·κ² ≈ 2e-10 at most),
+    # the second pass rounding (measured 3e-15 from the SVD), hence 1e-12
+    G = conditioned((3, 96, 24), seed=2) @ torch.diag(torch.logspace(0, -2, 24, dtype=torch.float64))
+    G = G if orientation == "tall" else G.mT
+    U = make_orthogonalizer("svd", steps=None, eps=1e-7, dtype=torch.float64, reduction="qr")(G)
+    assert U.dtype == torch.float64
+    assert relative_error(U, reference_polar(G)) < 1e-12
+
+
+@pytest.mark.parametrize("backend", ["polar_express", "simple_quintic", "newton_schulz"])
+def test_qr_reduced_matches_the_direct_polar_factor_in_fp32(backend):
+    # same polynomial of the same singular values: the two differ by fp32 rounding through the steps
+    # (measured 3e-7 to 3.2e-6 relative at κ = 10, about each backend's own error against the SVD)
+    G = conditioned((2, 80, 16), seed=3, dtype=torch.float32)
+    direct = make_orthogonalizer(backend, steps=None, eps=1e-7, dtype=None)(G)
+    reduced = make_orthogonalizer(backend, steps=None, eps=1e-7, dtype=None, reduction="qr")(G)
+    assert reduced.dtype == torch.float32
+    assert relative_error(reduced, direct.double()) < 1e-5
+
+
+def test_qr_reduced_keeps_rank_deficient_directions_null():
+    # rank 4 in 64×12: the ridge keeps both Cholesky factorizations defined, and the 8 null directions
+    # stay below the 1e-3 of test_rank_deficient_gives_partial_isometry
+    g = torch.Generator().manual_seed(1)
+    G = torch.randn(64, 4, generator=g) @ torch.randn(4, 12, generator=g)
+    U = make_orthogonalizer("polar_express", steps=None, eps=1e-7, dtype=None, reduction="qr")(G)
+    S = torch.linalg.svdvals(U.double())
+    assert torch.isfinite(U).all() and S[4:].max() < 1e-3
+    ref = exact_polar(G.double(), rank_eps=torch.finfo(torch.float32).eps)
+    assert relative_error(U, ref) < 1e-3
+
+
+def test_qr_reduction_leaves_nearly_square_matrices_alone():
+    # below QR_REDUCTION_MIN_ASPECT the direct polar factor is faster: the same ops, bit for bit
+    G = conditioned((40, 24), dtype=torch.float32)
+    direct = make_orthogonalizer("polar_express", steps=None, eps=1e-7, dtype=None)
+    reduced = make_orthogonalizer("polar_express", steps=None, eps=1e-7, dtype=None, reduction="qr")
+    assert QR_REDUCTION_MIN_ASPECT * 24 > 40
+    assert torch.equal(reduced(G), direct(G))
+
+
+def test_qr_reduced_bf16_polar_factor_close():
+    # R is orthogonalized in bf16 and multiplied by Q in fp32: the bf16 iteration's own error (BF16_RTOL)
+    G = conditioned((64, 16), dtype=torch.float32)
+    U = make_orthogonalizer("polar_express", steps=None, eps=1e-7, dtype=torch.bfloat16, reduction="qr")(G)
+    assert U.dtype == torch.float32
+    assert relative_error(U, reference_polar(G)) < BF16_RTOL
+
+
+def test_cholesky_qr_factors():
+    # X = QR to rounding, R upper triangular, QᵀQ = I to fp32 rounding (measured 2.4e-7 at κ = 10
+    # after the second pass; the second ridge shifts by 1e-7 of Q₁'s mean eigenvalue, below 1e-5)
+    X = conditioned((2, 50, 10), seed=4, dtype=torch.float32)
+    Q, R = cholesky_qr(X)
+    torch.testing.assert_close(Q @ R, X, rtol=0, atol=1e-5)
+    assert torch.equal(R, R.triu())
+    torch.testing.assert_close(Q.mT @ Q, torch.eye(10).expand(2, 10, 10), rtol=0, atol=1e-5)
+
+
+def test_unknown_reduction():
+    with pytest.raises(ValueError, match="polar_reduction"):
+        make_orthogonalizer("polar_express", steps=None, eps=1e-7, dtype=None, reduction="lu")

@@ -61,15 +61,21 @@ TRAINING_TEXT_BYTES = 1_000_000
 
 #: name → (class, keyword arguments); every optimizer gets the same polar backend and dtype.
 #: "aurora_reference" is the reference release's algorithm: K = 2 polar factors, β = 0.5, rows as computed.
+#: "*_qr": with ``polar_reduction="qr"`` (the polar factor of a matrix ≥ 2× taller than wide from its
+#: n×n triangular factor), compared with each other in :data:`REDUCED_PAIR`.
 OPTIMIZERS: dict[str, tuple[type[SpectralOptimizer], dict[str, Any]]] = {
     "muon": (Muon, {}),
+    "muon_qr": (Muon, {"polar_reduction": "qr"}),
     "aurora_reference": (
         Aurora,
         {"balance": "polar", "balance_steps": 2, "balance_beta": 0.5, "row_correction": False},
     ),
     "aurora": (Aurora, {}),
+    "aurora_qr": (Aurora, {"polar_reduction": "qr"}),
     "riemannian_aurora": (RiemannianAurora, {}),
 }
+#: Aurora's cost over Muon's where both reduce their polar factors
+REDUCED_PAIR = ("aurora_qr", "muon_qr")
 
 
 def gpt_shapes(d_model: int, layers: int, expansion: int) -> list[tuple[int, int]]:
@@ -413,6 +419,12 @@ def markdown(report: dict[str, Any]) -> str:
                 report["training"]["results"],
             )
         )
+    aurora, muon = REDUCED_PAIR
+    reduced = [
+        f"{label}: {results[aurora]['seconds'] / results[muon]['seconds']:.2f}×"
+        for label, results in rows
+        if aurora in results and muon in results
+    ]
     lines = [
         f"Machine: {report['machine']}. Polar backend: `{report['polar']}`. Interleaved round robin, "
         f"{report['warmup']} warm-up round(s), then ≥ {report['repeats']} timed rounds (more for fast shapes); "
@@ -421,6 +433,8 @@ def markdown(report: dict[str, Any]) -> str:
         "minus Muon's, in units of the largest matrix.",
         "",
         *_format_table(rows),
+        "",
+        f'`{aurora}` over `{muon}` (both with `polar_reduction="qr"`): ' + "; ".join(reduced) + ".",
         "",
         "Fast Aurora's Gram balancing steps per non-square matrix and optimizer step on the GPT's momenta "
         "(untimed replay; the warm start begins each step from the last step's balanced rows):",

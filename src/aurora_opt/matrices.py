@@ -14,6 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+#: smallest positive value used where a norm, a trace or a leverage score is divided by (fp32-safe)
+TINY = 1e-30
+
 
 def matrix_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     """``(B, m, n)`` of the matrix batch a parameter of this shape is trained as."""

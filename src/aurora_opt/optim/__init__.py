@@ -1,6 +1,7 @@
 """One module per optimizer over the shared shell in ``_spectral``."""
 
-from ._spectral import NonFiniteGradError, SpectralOptimizer, adjust_lr, as_matrices, lookahead_momentum, sync_free
+from ..sync import sync_free
+from ._spectral import NonFiniteGradError, SpectralOptimizer, adjust_lr, as_matrices, lookahead_momentum
 from .aurora import Aurora, aurora_direction, balanced_polar, row_uniformity_error
 from .aurora_dual import dual_aurora_direction
 from .dual_aurora import DualAurora

@@ -28,12 +28,9 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ..matrices import all_finite, matrix_shape, tall
-from ..polar import default_polar_dtype
+from ..matrices import TINY, all_finite, matrix_shape, tall
+from ..polar import default_polar_dtype, shifted_cholesky
 from ._spectral import SpectralOptimizer, _check_float, _check_int, host_syncs_allowed, spectral_kwargs_doc
-
-#: smallest positive value used where a norm or a leverage score is divided by (fp32-safe)
-TINY = 1e-30
 
 BALANCE_MODES = ("gram", "polar")
 #: defaults of (balance_steps, balance_beta, balance_tolerance) per mode. "polar": the reference
@@ -80,19 +77,6 @@ GRAM_STEPS_SYNC_FREE_LOW_PRECISION = 2
 #: is far from an isometry (rank-deficient momentum in bf16/fp16, whose rounding noise the polar
 #: iteration lifts), and rescaling it fully would move that noise onto the signal directions.
 ROW_CORRECTION_MAX = 1.25
-
-#: Ridge λ = GRAM_RIDGE·‖D·M‖_F² added to the Gram matrix before its Cholesky factorization, so
-#: directions with σ² below λ count (partly) as absent. In fp32 the Gram matrix cannot resolve
-#: σ²/‖·‖_F² much below 1e-7 anyway, and Polar Express / the 12-step quintic lift only σ/‖·‖_F ≳ 3e-4
-#: to 1 (σ/‖·‖_F = 2e-4 comes out at about 0.6), so the ridge matches what the polar factor resolves.
-#: In float64 (exact SVD backend) it is near that dtype's resolution instead: leverage is then exact
-#: for condition numbers up to ~1e5; beyond, directions with σ² ≲ λ count partly.
-GRAM_RIDGE = {torch.float32: 1e-7, torch.float64: 1e-15}
-#: a failed Cholesky factorization (rank-deficient M, rounding) is retried with the ridge ×100 until
-#: it succeeds; at ridge ≥ 1 the shifted Gram matrix is always positive definite. Without host
-#: synchronization (CUDA, compiled) a failure is retried once, directly at ridge 1: the leverage then
-#: leans towards the row norms of D·M for that one balancing step.
-RIDGE_GROWTH = 100.0
 
 
 def active_rows(X: Tensor, eps: float) -> Tensor:
@@ -169,29 +153,14 @@ def balancing_step(lev: Tensor, mean: Tensor, beta: float | None) -> Tensor:
 def gram_leverage(X: Tensor, D: Tensor) -> Tensor:
     """Leverage scores of D·X from its Gram matrix: ``[B, m, 1]``, in X's dtype (fp32 or float64).
 
-    ℓ_i = d_i²·‖L⁻¹ X_i‖² with L Lᵀ = Xᵀ D² X + λI (Cholesky), λ = GRAM_RIDGE·‖D·X‖_F². Only one
-    m×n temporary is alive at a time (D·X for the Gram matrix, then X L⁻ᵀ).
+    ℓ_i = d_i²·‖L⁻¹ X_i‖² with L Lᵀ = Xᵀ D² X + λI (:func:`aurora_opt.polar.shifted_cholesky`,
+    λ = GRAM_RIDGE·‖D·X‖_F²). Only one m×n temporary is alive at a time (D·X for the Gram matrix,
+    then X L⁻ᵀ).
     """
     DX = D * X
     C = DX.mT @ DX
     del DX
-    ridge = GRAM_RIDGE.get(X.dtype, GRAM_RIDGE[torch.float32])
-    diagonal = C.diagonal(dim1=-2, dim2=-1)
-    trace = diagonal.sum(dim=-1, keepdim=True).clamp_min(TINY)  # [B, 1]
-    diagonal.add_(ridge * trace)
-    L, info = torch.linalg.cholesky_ex(C)
-    if host_syncs_allowed(info):
-        while ridge < 1.0 and bool((info > 0).any()):
-            failed = (info > 0).view(-1, 1)
-            diagonal.add_(failed * (RIDGE_GROWTH - 1) * ridge * trace)
-            ridge *= RIDGE_GROWTH
-            retry, info = torch.linalg.cholesky_ex(C)
-            L = torch.where(failed.unsqueeze(-1), retry, L)
-    else:  # one masked retry at ridge 1, which always succeeds: no data-dependent branch
-        failed = (info > 0).view(-1, 1)
-        diagonal.add_(failed * (1.0 - ridge) * trace)
-        retry, _ = torch.linalg.cholesky_ex(C)
-        L = torch.where(failed.unsqueeze(-1), retry, L)
+    L = shifted_cholesky(C)
     Z = torch.linalg.solve_triangular(L.mT, X, upper=True, left=False)  # X L⁻ᵀ, rows L⁻¹ X_i
     return Z.square_().sum(dim=-1, keepdim=True) * D.square()
 

@@ -37,12 +37,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..matrices import all_finite, tall
+from ..matrices import TINY, all_finite, tall
+from ..polar import GRAM_RIDGE
 from ._spectral import host_syncs_allowed
 from .aurora import (
     BALANCE_BETA,
-    GRAM_RIDGE,
-    TINY,
     _active_mean,
     active_rows,
     balancing_step,
