@@ -44,18 +44,25 @@ COMMON_VARIANTS: list[dict[str, Any]] = [
     {"momentum": 0.0},
     {"adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.1},
     {"polar": "newton_schulz"},
-    {"polar_reduction": "qr"},
 ]
+#: every optimizer that computes m×n polar factors can reduce them (DualAurora computes none)
+REDUCED = {"polar_reduction": "qr"}
 
 OPTIM_DB: dict[str, OptimInfo] = {
-    "muon": OptimInfo(variants=[{}, *COMMON_VARIANTS]),
+    "muon": OptimInfo(variants=[{}, *COMMON_VARIANTS, REDUCED]),
     "normuon": OptimInfo(
-        variants=[{}, *COMMON_VARIANTS, {"beta2": 0.5}],
+        variants=[{}, *COMMON_VARIANTS, REDUCED, {"beta2": 0.5}],
         error_inputs=[({"beta2": 1.0}, "beta2"), ({"beta2": -0.1}, "beta2")],
     ),
-    "unormuon": OptimInfo(variants=[{}, *COMMON_VARIANTS]),
+    "unormuon": OptimInfo(variants=[{}, *COMMON_VARIANTS, REDUCED]),
     "aurora": OptimInfo(
-        variants=[{}, *COMMON_VARIANTS, {"balance_steps": 5, "balance_beta": 1.0}, {"row_correction": False}],
+        variants=[
+            {},
+            *COMMON_VARIANTS,
+            REDUCED,
+            {"balance_steps": 5, "balance_beta": 1.0},
+            {"row_correction": False},
+        ],
         error_inputs=[
             ({"balance_steps": 0}, "balance_steps"),
             ({"balance_beta": 0.0}, "balance_beta"),
@@ -66,7 +73,7 @@ OPTIM_DB: dict[str, OptimInfo] = {
         ],
     ),
     "riemannian_aurora": OptimInfo(
-        variants=[{}, *COMMON_VARIANTS, {"ascent_steps": 0}],
+        variants=[{}, *COMMON_VARIANTS, REDUCED, {"ascent_steps": 0}],
         error_inputs=[
             ({"ascent_steps": -1}, "ascent_steps"),
             ({"cg_steps": 0}, "cg_steps"),
@@ -80,6 +87,7 @@ OPTIM_DB: dict[str, OptimInfo] = {
             ({"balance_steps": -1}, "balance_steps"),
             ({"newton_steps": -1}, "newton_steps"),
             ({"cg_steps": 0}, "cg_steps"),
+            (REDUCED, "polar_reduction"),
         ],
     ),
 }

@@ -1,6 +1,7 @@
 """The step as GPUs run it: one compiled graph, and no host synchronization.
 
-Every registered optimizer, default configuration, AdamW side included:
+Every registered optimizer, default configuration, AdamW side included (and Muon and Aurora with
+``polar_reduction="qr"``):
 
 - ``torch.compile(optimizer.step, fullgraph=True)`` traces without a graph break, gives the eager
   result, and compiles once: not again on later steps, per parameter, or when an lr scheduler
@@ -25,9 +26,13 @@ import aurora_opt
 from aurora_opt import OPTIMIZERS, get_optimizer
 from aurora_opt.optim import sync_free
 from models import Conv1D
-from optim_db import OPTIM_DB
+from optim_db import OPTIM_DB, REDUCED
 
 NAMES = sorted(OPTIMIZERS)
+#: each optimizer's defaults, and the polar reduction on the two that reach it differently (Muon's
+#: polar factor of M, Aurora's of D·M after its Gram steps)
+CONFIGURATIONS = [(name, {}) for name in NAMES] + [(name, REDUCED) for name in ("aurora", "muon")]
+IDS = [name + ("-qr" if kwargs else "") for name, kwargs in CONFIGURATIONS]
 
 
 def tiny_model(seed: int = 0) -> nn.Module:
@@ -61,12 +66,12 @@ def set_grads(model: nn.Module, step: int) -> None:
 
 # the scheduler cannot see calls of the compiled step and warns that it was stepped first
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
-@pytest.mark.parametrize("name", NAMES)
-def test_compiled_step_is_one_graph_and_matches_eager(name):
+@pytest.mark.parametrize("name,kwargs", CONFIGURATIONS, ids=IDS)
+def test_compiled_step_is_one_graph_and_matches_eager(name, kwargs):
     torch._dynamo.reset()
     counters.clear()
     eager_model, compiled_model = tiny_model(), tiny_model()
-    eager, compiled = make(name, eager_model), make(name, compiled_model)
+    eager, compiled = make(name, eager_model, **kwargs), make(name, compiled_model, **kwargs)
     compiled_step = torch.compile(compiled.step, fullgraph=True, backend="aot_eager")
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1 / (1 + t)) for o in (eager, compiled)]
     with sync_free():  # the eager reference runs the same fixed-count loops as the compiled step
@@ -104,11 +109,11 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name,kwargs", CONFIGURATIONS, ids=IDS)
 @pytest.mark.parametrize("policy,reads_per_step", [("skip", 0), ("raise", 1)])
-def test_no_host_synchronization_in_the_cuda_configuration(name, policy, reads_per_step):
+def test_no_host_synchronization_in_the_cuda_configuration(name, kwargs, policy, reads_per_step):
     model = tiny_model()
-    optimizer = make(name, model, on_nonfinite_grad=policy)
+    optimizer = make(name, model, on_nonfinite_grad=policy, **kwargs)
     with sync_free():
         for t in range(2):
             set_grads(model, t)

@@ -42,6 +42,11 @@ class DualAurora(SpectralOptimizer):
         self._fallback_warned = False
 
     def _validate_algorithm(self, group: dict[str, Any]) -> None:
+        if group["polar_reduction"] is not None:
+            raise ValueError(
+                f"invalid polar_reduction: {group['polar_reduction']!r} (DualAurora computes no m×n polar factor "
+                "to reduce: its directions come from n×n eigendecompositions; expected None)"
+            )
         _check_int("balance_steps", group["balance_steps"], 0)
         _check_int("newton_steps", group["newton_steps"], 0)
         _check_int("cg_steps", group["cg_steps"], 1)
@@ -101,7 +106,8 @@ DualAurora.__doc__ = rf"""Dual Aurora: Aurora's constrained argmax from Newton's
     from last step's weights, ``state["dual_scaling"]``, each λ_i solve from last step's multiplier,
     ``state["dual_multipliers"]``), and finished by U = polar(E·M(S + Λ)⁻¹)
     with one row-balancing step E, computed from an n×n eigendecomposition: no m×n polar factor
-    (three n×n eigendecompositions per step instead; the polar backend serves square matrices).
+    (three n×n eigendecompositions per step instead; the polar backend serves square matrices, and
+    ``polar_reduction`` must stay ``None``).
     Where the dual is not tight (row norms spread over several decades) or the result is not
     certified better than vanilla Aurora's point, that point is used and
     ``state["dual_fallbacks"]`` (one count per matrix) goes up; :meth:`fallback_count` sums them,
