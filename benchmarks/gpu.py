@@ -3,7 +3,8 @@
 Sections (all timings interleaved round robin in one process, a fresh gradient every step: a fixed
 low-rank signal with unequal rows plus new Gaussian noise, so the momentum drifts as in training):
 
-- ``polar``: each polar backend × dtype on one matrix: time, and relative error against the float64 SVD;
+- ``polar``: each polar backend × dtype on one matrix: time, and relative error against the float64 SVD
+  (Polar Express also as Q·polar(R), ``/qr``);
 - ``matrices``: ``optimizer.step()`` on one matrix for GPT-2 124M and 1B/8B-class MLP and attention
   shapes: Muon, NorMuon, U-NorMuon, Aurora (same backend), median and fastest step, ratio to Muon,
   Aurora's row error max_i |‖U_i‖²·m/n − 1|, peak memory allocated during the step;
@@ -35,7 +36,7 @@ import torch
 from torch import Tensor
 
 import aurora_opt
-from aurora_opt.polar import POLAR_BACKENDS
+from aurora_opt.polar import POLAR_BACKENDS, make_orthogonalizer
 from aurora_opt.provenance import COMMIT_ENV, provenance
 from aurora_opt.train.gpt import GPT, GPTConfig
 
@@ -193,9 +194,13 @@ def bench_polar(shapes, args, device) -> list[dict[str, Any]]:
                 key = f"{backend}/{str(dtype).removeprefix('torch.')}"
                 fn = POLAR_BACKENDS[backend]
                 steps[key] = lambda fn=fn, dtype=dtype, G=G: fn(G.to(dtype))
-                prepare[key] = lambda: None
-                U = fn(G.to(dtype)).double()
-                entry["backends"][key] = {"relative_error": float((U - exact).norm() / exact.norm())}
+                if backend == "polar_express":  # and from the fp32 CholeskyQR2's triangular factor
+                    reduced = make_orthogonalizer(backend, steps=None, eps=1e-7, dtype=dtype, reduction="qr")
+                    steps[key + "/qr"] = lambda reduced=reduced, G=G: reduced(G)
+        for key, step in steps.items():
+            prepare[key] = lambda: None
+            U = step().double()
+            entry["backends"][key] = {"relative_error": float((U - exact).norm() / exact.norm())}
         times = time_round_robin(steps, prepare, device, args.warmup, args.repeats)
         for key, t in times.items():
             entry["backends"][key].update(summary(t))
