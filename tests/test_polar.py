@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 from aurora_opt.polar import (
+    GRAM_RIDGE,
     POLAR_BACKENDS,
     QR_REDUCTION_MIN_ASPECT,
     cholesky_qr,
     get_polar,
     make_orthogonalizer,
     polar_express_coefficients,
+    shifted_cholesky,
 )
+from aurora_opt.sync import sync_free
 from reference import exact_polar
 
 # Test matrices have singular values spread over one decade (σ_min/σ_max = 0.1), well inside what
@@ -214,3 +219,28 @@ def test_cholesky_qr_factors():
 def test_unknown_reduction():
     with pytest.raises(ValueError, match="polar_reduction"):
         make_orthogonalizer("polar_express", steps=None, eps=1e-7, dtype=None, reduction="lu")
+
+
+@pytest.mark.parametrize("sync_free_mode", [False, True], ids=["eager", "sync-free"])
+def test_shifted_cholesky_retries_unbatched_and_batched(sync_free_mode):
+    # an exactly rank-1 Gram matrix whose factorization fails at the first ridge: the retry (a growing
+    # ridge eagerly, ridge 1 without host syncs) must work for one matrix as for a batch
+    g = torch.Generator().manual_seed(0)
+    rank1 = torch.randn(64, 1, generator=g) @ torch.randn(1, 16, generator=g)
+    X = torch.cat([rank1, 0.5 * rank1])
+    C = X.T @ X
+    assert torch.linalg.cholesky_ex(C + GRAM_RIDGE[torch.float32] * C.trace() * torch.eye(16)).info.item() > 0
+    with sync_free() if sync_free_mode else contextlib.nullcontext():
+        L = shifted_cholesky(X.T @ X)
+        batched = shifted_cholesky(torch.stack([X.T @ X, X.T @ X]))
+    assert L.shape == (16, 16) and torch.isfinite(L).all()
+    torch.testing.assert_close(batched[0], L, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_qr_reduced_at_extreme_scales(scale):
+    # the Gram matrix of entries near 1e±30 under- or overflows fp32; the exact power-of-two rescale
+    # first keeps the reduced polar factor the unit-scale one (fp32 rounding, as above: 1e-5)
+    G = conditioned((64, 8), seed=5, dtype=torch.float32)
+    reduced = make_orthogonalizer("polar_express", steps=None, eps=1e-7, dtype=None, reduction="qr")
+    assert relative_error(reduced(G * scale), reduced(G).double()) < 1e-5

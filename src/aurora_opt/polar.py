@@ -249,27 +249,27 @@ RIDGE_GROWTH = 100.0
 
 
 def shifted_cholesky(C: Tensor, ridge: float | None = None) -> Tensor:
-    """Lower-triangular L [B, n, n] with L Lᵀ = C + λI, λ = ridge·tr(C) per matrix.
+    """Lower-triangular L [..., n, n] with L Lᵀ = C + λI, λ = ridge·tr(C) per matrix.
 
-    ``C`` [B, n, n] is a symmetric positive semidefinite Gram matrix; its diagonal is shifted in
+    ``C`` [..., n, n] is a symmetric positive semidefinite Gram matrix; its diagonal is shifted in
     place. ``ridge=None`` is ``GRAM_RIDGE`` of C's dtype. A factorization that fails is retried with
     a larger ridge (``RIDGE_GROWTH``).
     """
     if ridge is None:
         ridge = GRAM_RIDGE.get(C.dtype, GRAM_RIDGE[torch.float32])
     diagonal = C.diagonal(dim1=-2, dim2=-1)
-    trace = diagonal.sum(dim=-1, keepdim=True).clamp_min(TINY)  # [B, 1]
+    trace = diagonal.sum(dim=-1, keepdim=True).clamp_min(TINY)  # [..., 1]
     diagonal.add_(ridge * trace)
     L, info = torch.linalg.cholesky_ex(C)
     if host_syncs_allowed(info):
         while ridge < 1.0 and bool((info > 0).any()):
-            failed = (info > 0).view(-1, 1)
+            failed = (info > 0).unsqueeze(-1)
             diagonal.add_(failed * (RIDGE_GROWTH - 1) * ridge * trace)
             ridge *= RIDGE_GROWTH
             retry, info = torch.linalg.cholesky_ex(C)
             L = torch.where(failed.unsqueeze(-1), retry, L)
     else:  # one masked retry at ridge 1, which always succeeds: no data-dependent branch
-        failed = (info > 0).view(-1, 1)
+        failed = (info > 0).unsqueeze(-1)
         diagonal.add_(failed * (1.0 - ridge) * trace)
         retry, _ = torch.linalg.cholesky_ex(C)
         L = torch.where(failed.unsqueeze(-1), retry, L)
@@ -277,7 +277,7 @@ def shifted_cholesky(C: Tensor, ridge: float | None = None) -> Tensor:
 
 
 def cholesky_qr(X: Tensor) -> tuple[Tensor, Tensor]:
-    """X [B, m, n] (m ≥ n) = Q R with QᵀQ ≈ I and R [B, n, n] upper triangular: shifted CholeskyQR2.
+    """X [..., m, n] (m ≥ n) = Q R with QᵀQ ≈ I and R [..., n, n] upper triangular: shifted CholeskyQR2.
 
     One pass R₁ = chol(XᵀX + λI)ᵀ, Q₁ = X R₁⁻¹ leaves QᵀQ − I of order ε·κ(X)² (6e-3 in fp32 at
     κ ≈ 100); a second pass on Q₁ (Q₁ = Q R₂, R = R₂R₁) brings it to rounding (2e-6 measured on
@@ -314,7 +314,8 @@ def qr_reduced(X: Tensor, polar: Callable[[Tensor], Tensor]) -> Tensor:
     Y, transposed = tall(X)
     if Y.size(-2) < QR_REDUCTION_MIN_ASPECT * Y.size(-1):
         return polar(X)
-    work = Y.to(torch.promote_types(Y.dtype, torch.float32))
+    # an exact power-of-two rescale keeps the Gram matrix finite (polar(X) ignores X's scale)
+    work = scaled_to_unit_max(Y.to(torch.promote_types(Y.dtype, torch.float32)))
     Q, R = cholesky_qr(work)
     U = (Q @ polar(R).to(Q.dtype)).to(X.dtype)
     return U.mT if transposed else U
