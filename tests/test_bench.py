@@ -87,6 +87,19 @@ def test_module_entry_point_runs(tmp_path: Path):
     assert "--quick" in result.stdout
 
 
+def test_polar_reduction_benchmark_runs(tmp_path: Path):
+    """benchmarks/polar_reduction.py --quick: both calls timed per shape, ratios and markdown written."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "benchmarks" / "polar_reduction.py"), "--quick", "--repeats", "2"]
+    subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, check=True, cwd=root)
+    report = json.loads((tmp_path / "polar_reduction.json").read_text())
+    assert [e["shape"] for e in report["shapes"]] == [[24, 16], [64, 16]]
+    for entry in report["shapes"]:
+        assert entry["direct"]["min_ms"] > 0 and entry["qr"]["min_ms"] > 0
+        assert entry["ratio_min"] == entry["qr"]["min_ms"] / entry["direct"]["min_ms"]
+    assert "| 64×16 | 4.00 |" in (tmp_path / "polar_reduction.md").read_text()
+
+
 def test_gpu_benchmark_runs_on_the_cpu(tmp_path: Path):
     """benchmarks/gpu.py --quick --device cpu: every section but the compiled one (its matrices are
     the model section's compiled steps too), the model uncompiled; JSON and markdown for each."""

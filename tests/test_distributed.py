@@ -64,7 +64,7 @@ OPTIMIZERS: dict[str, tuple[type, dict]] = {
     "normuon": (NorMuon, {}),
     "unormuon": (UNorMuon, {}),
     "aurora": (Aurora, {}),
-    "aurora_qr": (Aurora, {"polar_reduction": "qr"}),  # 48×16 and 16×40 reduced
+    "aurora_qr": (Aurora, {"polar_reduction": "qr"}),  # 48×16, 16×40 and the 8×27 conv reduced
     "riemannian_aurora": (RiemannianAurora, {"ascent_steps": 1, "balance_steps": 4, "cg_steps": 5}),
 }
 

@@ -244,52 +244,68 @@ def get_polar(name: str | Callable[..., Tensor]) -> PolarFn:
 GRAM_RIDGE = {torch.float32: 1e-7, torch.float64: 1e-15}
 #: a failed Cholesky factorization (rank-deficient X, rounding) is retried with the ridge ×100 until
 #: it succeeds; at ridge ≥ 1 the shifted Gram matrix is always positive definite. Without host
-#: synchronization (CUDA, compiled) a failure is retried once, directly at ridge 1.
+#: synchronization (CUDA, compiled) a failure is retried once per entry of ``retry_ridges``, masked
+#: (by default once, directly at ridge 1).
 RIDGE_GROWTH = 100.0
+#: the sync-free retries of CholeskyQR's second pass, relative to tr(Q₁ᵀQ₁) ≈ n: 1e-4 of Q₁'s mean
+#: eigenvalue first (Q₁ of a rank-deficient X has near-zero columns; resolved directions keep their
+#: length to 5e-5), ridge 1 only if that fails too (which leaves Q at about 1/√(1 + n) of orthonormal)
+SECOND_PASS_RETRY = 1e-4
 
 
-def shifted_cholesky(C: Tensor, ridge: float | None = None) -> Tensor:
+def gram_ridge(dtype: torch.dtype) -> float:
+    """``GRAM_RIDGE`` of ``dtype`` (fp32's for the others)."""
+    return GRAM_RIDGE.get(dtype, GRAM_RIDGE[torch.float32])
+
+
+def shifted_cholesky(C: Tensor, ridge: float | None = None, retry_ridges: tuple[float, ...] = (1.0,)) -> Tensor:
     """Lower-triangular L [..., n, n] with L Lᵀ = C + λI, λ = ridge·tr(C) per matrix.
 
     ``C`` [..., n, n] is a symmetric positive semidefinite Gram matrix; its diagonal is shifted in
-    place. ``ridge=None`` is ``GRAM_RIDGE`` of C's dtype. A factorization that fails is retried with
-    a larger ridge (``RIDGE_GROWTH``).
+    place. ``ridge=None`` is :func:`gram_ridge` of C's dtype. A factorization that fails is retried
+    with a larger ridge: ×``RIDGE_GROWTH`` until it succeeds where host syncs are allowed, else once
+    at each of ``retry_ridges`` (increasing, the last ≥ 1 so that it always succeeds), masked.
     """
     if ridge is None:
-        ridge = GRAM_RIDGE.get(C.dtype, GRAM_RIDGE[torch.float32])
+        ridge = gram_ridge(C.dtype)
     diagonal = C.diagonal(dim1=-2, dim2=-1)
     trace = diagonal.sum(dim=-1, keepdim=True).clamp_min(TINY)  # [..., 1]
     diagonal.add_(ridge * trace)
     L, info = torch.linalg.cholesky_ex(C)
+    failed = (info > 0).unsqueeze(-1)  # [..., 1]
+
+    def retry(new_ridge: float) -> None:  # the failed matrices only
+        nonlocal L, failed, ridge
+        diagonal.add_(failed * (new_ridge - ridge) * trace)
+        ridge = new_ridge
+        factor, retry_info = torch.linalg.cholesky_ex(C)
+        L = torch.where(failed.unsqueeze(-1), factor, L)
+        failed = failed & (retry_info > 0).unsqueeze(-1)
+
     if host_syncs_allowed(info):
-        while ridge < 1.0 and bool((info > 0).any()):
-            failed = (info > 0).unsqueeze(-1)
-            diagonal.add_(failed * (RIDGE_GROWTH - 1) * ridge * trace)
-            ridge *= RIDGE_GROWTH
-            retry, info = torch.linalg.cholesky_ex(C)
-            L = torch.where(failed.unsqueeze(-1), retry, L)
-    else:  # one masked retry at ridge 1, which always succeeds: no data-dependent branch
-        failed = (info > 0).unsqueeze(-1)
-        diagonal.add_(failed * (1.0 - ridge) * trace)
-        retry, _ = torch.linalg.cholesky_ex(C)
-        L = torch.where(failed.unsqueeze(-1), retry, L)
+        while ridge < 1.0 and bool(failed.any()):
+            retry(ridge * RIDGE_GROWTH)
+    else:  # masked, a fixed count: no data-dependent branch
+        for new_ridge in retry_ridges:
+            retry(new_ridge)
     return L
 
 
 def cholesky_qr(X: Tensor) -> tuple[Tensor, Tensor]:
     """X [..., m, n] (m ≥ n) = Q R with QᵀQ ≈ I and R [..., n, n] upper triangular: shifted CholeskyQR2.
 
-    One pass R₁ = chol(XᵀX + λI)ᵀ, Q₁ = X R₁⁻¹ leaves QᵀQ − I of order ε·κ(X)² (6e-3 in fp32 at
-    κ ≈ 100); a second pass on Q₁ (Q₁ = Q R₂, R = R₂R₁) brings it to rounding (2e-6 measured on
-    the same matrices). The first ridge is ``GRAM_RIDGE``·‖X‖_F²: directions with σ² ≲ λ come out
-    shrunk by σ/√(σ² + λ), as the polynomial backends leave them unconverged. The second one is
-    relative to Q₁'s mean eigenvalue, ≈ 1, instead of its trace, ≈ n, so that it leaves the
-    resolved directions within rounding of orthonormal.
+    One pass R₁ = chol(XᵀX + λI)ᵀ, Q₁ = X R₁⁻¹ (λ = ``GRAM_RIDGE``·‖X‖_F²) leaves QᵀQ − I of
+    λ/σ_min² plus rounding ε·κ(X)² (measured 1e-3 to 1e-2 in fp32 at κ = 100); a second pass on Q₁
+    (Q₁ = Q R₂, R = R₂R₁, its ridge relative to Q₁'s mean eigenvalue, ≈ 1, not its trace, ≈ n)
+    brings it to rounding (2e-6 on the same matrices). X = QR holds either way, so the second pass
+    also undoes the first ridge's shrinking of Q₁'s weak directions: Q stays orthonormal down to
+    σ/‖X‖_F ≈ 1e-5 (the effective shift is about GRAM_RIDGE²·‖X‖_F²).
     """
     L = shifted_cholesky(X.mT @ X)
     Q = torch.linalg.solve_triangular(L.mT, X, upper=True, left=False)
     R = L.mT
-    L = shifted_cholesky(Q.mT @ Q, GRAM_RIDGE.get(X.dtype, GRAM_RIDGE[torch.float32]) / X.size(-1))
+    n = X.size(-1)
+    L = shifted_cholesky(Q.mT @ Q, gram_ridge(X.dtype) / n, retry_ridges=(SECOND_PASS_RETRY / n, 1.0))
     Q = torch.linalg.solve_triangular(L.mT, Q, upper=True, left=False)
     return Q, L.mT @ R
 
@@ -297,7 +313,8 @@ def cholesky_qr(X: Tensor) -> tuple[Tensor, Tensor]:
 #: how a polar factor may be reduced before the backend runs: ``None`` (it runs on the matrix) or
 #: ``"qr"``: X = QR (:func:`cholesky_qr`), polar(X) = Q·polar(R), the backend on the n×n triangle.
 #: Every backend is an odd matrix function, p(X) = X·q(XᵀX), and XᵀX = RᵀR, so Q·p(R) = X R⁻¹·R·q(RᵀR)
-#: = p(X): the same direction for 3n³ instead of (2m + n)·n² flops per quintic step.
+#: = p(X): the same direction for 3n³ instead of (2m + n)·n² flops per quintic step. A custom
+#: backend (a callable ``polar``) must be such an odd matrix function too, f(Q·X) = Q·f(X).
 POLAR_REDUCTIONS = (None, "qr")
 #: "qr" reduces matrices at least this many times taller than wide. Measured (CPU, fp32, one
 #: thread, Polar Express): the reduced polar factor took 0.53× the direct one's time at 1024×256,
@@ -312,7 +329,7 @@ def qr_reduced(X: Tensor, polar: Callable[[Tensor], Tensor]) -> Tensor:
     whatever precision it chooses; other shapes go to ``polar`` directly.
     """
     Y, transposed = tall(X)
-    if Y.size(-2) < QR_REDUCTION_MIN_ASPECT * Y.size(-1):
+    if Y.size(-1) == 0 or Y.size(-2) < QR_REDUCTION_MIN_ASPECT * Y.size(-1):
         return polar(X)
     # an exact power-of-two rescale keeps the Gram matrix finite (polar(X) ignores X's scale)
     work = scaled_to_unit_max(Y.to(torch.promote_types(Y.dtype, torch.float32)))

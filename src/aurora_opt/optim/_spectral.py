@@ -292,7 +292,7 @@ class SpectralOptimizer(Optimizer):
         super().load_state_dict(state_dict)
         for group in self.param_groups:  # checkpoints from before weight_layout / polar_reduction existed
             group.setdefault("weight_layout", "out_in")
-            group.setdefault("polar_reduction", None)
+            group.setdefault("polar_reduction", self.defaults["polar_reduction"])
 
     # ------------------------------------------------------------------ the step
     def _check_grads(self) -> bool | Tensor:

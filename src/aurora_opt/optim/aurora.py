@@ -30,7 +30,8 @@ from torch.optim.optimizer import ParamsT
 
 from ..matrices import TINY, all_finite, matrix_shape, tall
 from ..polar import default_polar_dtype, shifted_cholesky
-from ._spectral import SpectralOptimizer, _check_float, _check_int, host_syncs_allowed, spectral_kwargs_doc
+from ..sync import host_syncs_allowed
+from ._spectral import SpectralOptimizer, _check_float, _check_int, spectral_kwargs_doc
 
 BALANCE_MODES = ("gram", "polar")
 #: defaults of (balance_steps, balance_beta, balance_tolerance) per mode. "polar": the reference
@@ -155,7 +156,8 @@ def gram_leverage(X: Tensor, D: Tensor) -> Tensor:
 
     ℓ_i = d_i²·‖L⁻¹ X_i‖² with L Lᵀ = Xᵀ D² X + λI (:func:`aurora_opt.polar.shifted_cholesky`,
     λ = GRAM_RIDGE·‖D·X‖_F²). Only one m×n temporary is alive at a time (D·X for the Gram matrix,
-    then X L⁻ᵀ).
+    then X L⁻ᵀ). Without host syncs a failed factorization is retried once at ridge 1: the leverage
+    then leans towards the row norms of D·X for that one balancing step.
     """
     DX = D * X
     C = DX.mT @ DX

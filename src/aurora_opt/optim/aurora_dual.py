@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 from ..matrices import TINY, all_finite, tall
-from ..polar import GRAM_RIDGE
-from ._spectral import host_syncs_allowed
+from ..polar import gram_ridge
+from ..sync import host_syncs_allowed
 from .aurora import (
     BALANCE_BETA,
     _active_mean,
@@ -207,7 +207,7 @@ def dual_aurora_tall(
     ``row_steps``: Newton iterations of each λ_i solve, at the start point and after a Newton step.
     """
     dtype = X.dtype
-    ridge = GRAM_RIDGE.get(dtype, GRAM_RIDGE[torch.float32])  # the relative eigenvalue floor
+    ridge = gram_ridge(dtype)  # the relative eigenvalue floor
     active = active_rows(X, eps)
     X = X * active
     t = X.size(-1) / active.sum(dim=-2, keepdim=True).clamp_min(1).to(dtype)

@@ -9,7 +9,8 @@ import torch
 from torch.optim.optimizer import ParamsT
 
 from ..matrices import matrix_shape
-from ._spectral import SpectralOptimizer, _check_int, host_syncs_allowed, spectral_kwargs_doc
+from ..sync import host_syncs_allowed
+from ._spectral import SpectralOptimizer, _check_int, spectral_kwargs_doc
 from .aurora_dual import dual_aurora_direction
 
 

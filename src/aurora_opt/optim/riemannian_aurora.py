@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ..matrices import all_finite, matrix_shape, tall
+from ..matrices import TINY, all_finite, matrix_shape, tall
 from ..polar import default_polar_dtype
 from ._spectral import (
     SpectralOptimizer,
@@ -28,7 +28,6 @@ from .aurora import (
     BALANCE_BETA,
     BALANCE_MODES,
     BALANCE_TOLERANCE,
-    TINY,
     active_rows,
     balanced_polar,
     gram_dtype_for,
