@@ -317,8 +317,9 @@ def cholesky_qr(X: Tensor) -> tuple[Tensor, Tensor]:
 #: backend (a callable ``polar``) must be such an odd matrix function too, f(Q·X) = Q·f(X).
 POLAR_REDUCTIONS = (None, "qr")
 #: "qr" reduces matrices at least this many times taller than wide. Measured (CPU, fp32, one
-#: thread, Polar Express): the reduced polar factor took 0.53× the direct one's time at 1024×256,
-#: 0.74× at 768×256, 0.84× at 512×256 and 1.08× at 384×256; 0.57× at 2048×512 and 0.58× at 3072×768.
+#: thread, Polar Express; benchmarks/cpu/polar_reduction.md): the reduced polar factor took 1.18×
+#: the direct one's time at 320×256, 1.07× at 384×256, 1.01× at 448×256, 0.86× at 512×256, 0.77× at
+#: 768×256, 0.57× at 1024×256; 0.82× at 1024×512 and 0.58× at 2048×512.
 QR_REDUCTION_MIN_ASPECT = 2
 
 
