@@ -1,6 +1,6 @@
 """The step as GPUs run it: one compiled graph, and no host synchronization.
 
-Every registered optimizer, default configuration, AdamW side included (and Muon and Aurora with
+Every registered optimizer, default configuration, AdamW side included (and Aurora with
 ``polar_reduction="qr"``):
 
 - ``torch.compile(optimizer.step, fullgraph=True)`` traces without a graph break, gives the eager
@@ -29,9 +29,9 @@ from models import Conv1D
 from optim_db import OPTIM_DB, REDUCED
 
 NAMES = sorted(OPTIMIZERS)
-#: each optimizer's defaults, and the polar reduction on the two that reach it differently (Muon's
-#: polar factor of M, Aurora's of D·M after its Gram steps)
-CONFIGURATIONS = [(name, {}) for name in NAMES] + [(name, REDUCED) for name in ("aurora", "muon")]
+#: each optimizer's defaults, and Aurora with the polar reduction (of D·M after its Gram steps; the
+#: other optimizers call the same reduced orthogonalizer)
+CONFIGURATIONS = [(name, {}) for name in NAMES] + [("aurora", REDUCED)]
 IDS = [name + ("-qr" if kwargs else "") for name, kwargs in CONFIGURATIONS]
 
 
