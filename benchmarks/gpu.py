@@ -24,7 +24,6 @@ Writes ``gpu.json`` and ``gpu.md`` to ``--out``. ``--quick --device cpu`` is the
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -37,7 +36,7 @@ from torch import Tensor
 
 import aurora_opt
 from aurora_opt.polar import POLAR_BACKENDS, make_orthogonalizer
-from aurora_opt.provenance import COMMIT_ENV, provenance
+from aurora_opt.provenance import COMMIT_ENV, provenance, write_result
 from aurora_opt.train.gpt import GPT, GPTConfig
 
 #: (label, shape) in nn.Linear layout (out, in)
@@ -395,11 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "repeats": args.repeats,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every section, so a run stopped early keeps what it measured
-        (args.out / "gpu.json").write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "gpu.md").write_text(markdown(report))
+        write_result(args.out, "gpu", report, markdown(report))
 
     if "polar" in sections:
         chosen = shapes if args.quick else [(label, by_label[label]) for label in POLAR_SHAPES]

@@ -11,7 +11,6 @@ of the fastest calls (the medians beside). ``QR_REDUCTION_MIN_ASPECT`` is set fr
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ import torch
 import aurora_opt.polar
 from aurora_opt.bench import machine_description
 from aurora_opt.polar import make_orthogonalizer
-from aurora_opt.provenance import provenance
+from aurora_opt.provenance import provenance, write_result
 
 SHAPES = [(320, 256), (384, 256), (448, 256), (512, 256), (768, 256), (1024, 256), (1024, 512), (2048, 512)]
 QUICK_SHAPES = [(24, 16), (64, 16)]
@@ -95,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         report["shapes"].append(time_shape(shape, args.repeats, args.seed))
         e = report["shapes"][-1]
         print(f"{shape[0]}×{shape[1]}: qr/direct {e['ratio_min']:.2f} (medians {e['ratio_median']:.2f})", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "polar_reduction.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "polar_reduction.md").write_text(markdown(report))
+    write_result(args.out, "polar_reduction", report, markdown(report))
     return 0
 
 

@@ -43,7 +43,7 @@ from aurora_opt.bench import gpt_shapes, machine_description, record_training, s
 from aurora_opt.optim import dual_aurora_direction
 from aurora_opt.optim.aurora import row_uniformity_error
 from aurora_opt.polar import svd_polar
-from aurora_opt.provenance import provenance
+from aurora_opt.provenance import provenance, write_result
 
 OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "muon": (Muon, {}),
@@ -233,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in args.cases.split(","):
         report["cases"][case] = run_case(case, steps=args.steps, warmup=args.warmup, seed=args.seed)
         print(case, json.dumps(report["cases"][case]["optimizers"], indent=1), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "riemannian_study.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "riemannian_study.md").write_text(markdown(report))
+    write_result(args.out, "riemannian_study", report, markdown(report))
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 import platform
@@ -47,7 +46,7 @@ from .optim import Aurora, Muon, RiemannianAurora, SpectralOptimizer, lookahead_
 from .optim._spectral import ADAMW
 from .optim.aurora import balanced_polar, row_uniformity_error
 from .polar import DEFAULT_POLAR, get_polar
-from .provenance import provenance
+from .provenance import provenance, write_result
 from .train.data import get_batch, stdlib_prefix
 from .train.gpt import GPT, GPTConfig
 
@@ -569,9 +568,7 @@ def run(args: argparse.Namespace) -> int:
         "gram_steps": gram_steps,
         "warm_start": warm_start_study(warm_shape, polar=args.polar, device=device),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "bench.md").write_text(markdown(report))
+    write_result(args.out, "bench", report, markdown(report))
     print(markdown(report))
     return 0
 

@@ -323,6 +323,12 @@ POLAR_REDUCTIONS = (None, "qr")
 QR_REDUCTION_MIN_ASPECT = 2
 
 
+def check_reduction(reduction: object) -> None:
+    """Raise ``ValueError`` unless ``reduction`` is one of ``POLAR_REDUCTIONS``."""
+    if reduction not in POLAR_REDUCTIONS:
+        raise ValueError(f"invalid polar_reduction: {reduction!r} (expected one of {POLAR_REDUCTIONS})")
+
+
 def qr_reduced(X: Tensor, polar: Callable[[Tensor], Tensor]) -> Tensor:
     """polar(X) as Q·polar(R) for X [B, m, n] with m ≥ QR_REDUCTION_MIN_ASPECT·n (either orientation).
 
@@ -359,8 +365,7 @@ def make_orthogonalizer(
     one of ``POLAR_REDUCTIONS`` (``"qr"``: :func:`qr_reduced`).
     """
     polar = get_polar(name)
-    if reduction not in POLAR_REDUCTIONS:
-        raise ValueError(f"invalid polar_reduction: {reduction!r} (expected one of {POLAR_REDUCTIONS})")
+    check_reduction(reduction)
 
     def direct(X: Tensor) -> Tensor:
         compute_dtype = dtype or default_polar_dtype(X.device)

@@ -7,6 +7,7 @@ line under the home directory or the checkout are shortened, and corpora are nam
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -109,3 +110,10 @@ def provenance(
         "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count()},
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def write_result(out: Path, name: str, report: dict[str, Any], markdown: str) -> None:
+    """Write ``out/name.json`` (the report, provenance included) and ``out/name.md`` beside it."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown)

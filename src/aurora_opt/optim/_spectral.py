@@ -17,7 +17,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from .. import distributed
 from ..matrices import as_matrices, matrix_shape
-from ..polar import DEFAULT_POLAR, POLAR_REDUCTIONS, get_polar, make_orthogonalizer, scaled_to_unit_max
+from ..polar import DEFAULT_POLAR, check_reduction, get_polar, make_orthogonalizer, scaled_to_unit_max
 from ..sync import host_syncs_allowed
 from .adamw import adamw_update_
 
@@ -240,10 +240,7 @@ class SpectralOptimizer(Optimizer):
             _check_int("ns_steps", group["ns_steps"], 1)
         if group["polar_dtype"] not in (None, torch.float32, torch.float64, torch.bfloat16, torch.float16):
             raise ValueError(f"invalid polar_dtype: {group['polar_dtype']!r} (expected a floating dtype or None)")
-        if group["polar_reduction"] not in POLAR_REDUCTIONS:
-            raise ValueError(
-                f"invalid polar_reduction: {group['polar_reduction']!r} (expected one of {POLAR_REDUCTIONS})"
-            )
+        check_reduction(group["polar_reduction"])
         self._validate_algorithm(group)
         self._check_params(group, min_dim=2)
         if group["weight_layout"] == "in_out" and any(p.dim() > 3 for p in group["params"]):
