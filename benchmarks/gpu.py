@@ -6,8 +6,9 @@ low-rank signal with unequal rows plus new Gaussian noise, so the momentum drift
 - ``polar``: each polar backend × dtype on one matrix: time, and relative error against the float64 SVD
   (Polar Express also as Q·polar(R), ``/qr``);
 - ``matrices``: ``optimizer.step()`` on one matrix for GPT-2 124M and 1B/8B-class MLP and attention
-  shapes: Muon, NorMuon, U-NorMuon, Aurora (same backend), median and fastest step, ratio to Muon,
-  Aurora's row error max_i |‖U_i‖²·m/n − 1|, peak memory allocated during the step;
+  shapes: Muon, NorMuon, U-NorMuon, Aurora (same backend; Aurora also with fp32 Gram steps instead
+  of its default bf16 Gram products), median and fastest step, ratio to Muon, Aurora's row error
+  max_i |‖U_i‖²·m/n − 1|, peak memory allocated during the step;
 - ``compiled``: the same for a few shapes with ``torch.compile(optimizer.step, fullgraph=True)``;
 - ``model``: the whole training step (forward, backward, optimizer) of a 124M SwiGLU GPT under bf16
   autocast, the model compiled: AdamW (torch, fused), Muon and Aurora, eager and compiled steps.
@@ -53,7 +54,15 @@ MATRIX_SHAPES = [
 COMPILED_SHAPES = ["124M mlp in", "1B mlp in", "8B mlp in"]
 POLAR_SHAPES = ["124M mlp in", "1B mlp in"]
 QUICK_SHAPES = [("quick tall", (48, 16)), ("quick wide", (16, 48))]
-SPECTRAL = ("muon", "normuon", "unormuon", "aurora")
+#: the optimizers of the per-matrix sections: label → (registry name, keyword arguments); Aurora also
+#: with full-precision Gram steps, to measure what its default bf16 Gram products (on CUDA) save
+SPECTRAL: dict[str, tuple[str, dict[str, Any]]] = {
+    "muon": ("muon", {}),
+    "normuon": ("normuon", {}),
+    "unormuon": ("unormuon", {}),
+    "aurora": ("aurora", {}),
+    "aurora_fp32_gram": ("aurora", {"gram_matmul_dtype": torch.float32}),
+}
 
 
 def sync(device: torch.device) -> None:
@@ -128,13 +137,18 @@ def bench_matrices(shapes, args, device, *, compiled: bool) -> list[dict[str, An
     rows = []
     for label, shape in shapes:
         params, optimizers, gradients = {}, {}, {}
-        for name in SPECTRAL:
+        for name, (registry_name, extra) in SPECTRAL.items():
             torch.manual_seed(0)
             p = torch.nn.Parameter(0.02 * torch.randn(shape, device=device))
             p.grad = torch.zeros_like(p)
             # lr 1, no weight decay: a step changes p by exactly s(m, n)·U
-            optimizers[name] = aurora_opt.get_optimizer(name)(
-                [p], lr=torch.tensor(1.0), weight_decay=0.0, polar=args.polar, polar_reduction=args.polar_reduction
+            optimizers[name] = aurora_opt.get_optimizer(registry_name)(
+                [p],
+                lr=torch.tensor(1.0),
+                weight_decay=0.0,
+                polar=args.polar,
+                polar_reduction=args.polar_reduction,
+                **extra,
             )
             params[name] = p
             gradients[name] = DriftingGradient(shape, device, seed=1)
@@ -159,7 +173,7 @@ def bench_matrices(shapes, args, device, *, compiled: bool) -> list[dict[str, An
             peak = peak_bytes(device, steps[name])
             result = summary(times[name])
             result["peak_step_bytes"] = peak
-            if name in ("aurora", "muon"):
+            if name not in ("normuon", "unormuon"):
                 result["row_error"] = row_error(params[name].detach() - before)
             if compiled:
                 result["compile_seconds"] = compile_seconds[name]
@@ -173,7 +187,8 @@ def bench_matrices(shapes, args, device, *, compiled: bool) -> list[dict[str, An
         print(
             f"{label} {shape} {'compiled' if compiled else 'eager'}: Muon {muon['median_ms']:.3f} ms, Aurora "
             f"{aurora['median_ratio_to_muon']:.3f}× (min {aurora['min_ratio_to_muon']:.3f}×), "
-            f"row error {aurora['row_error']:.1e}",
+            f"row error {aurora['row_error']:.1e}; with fp32 Gram steps "
+            f"{entry['optimizers']['aurora_fp32_gram']['median_ratio_to_muon']:.3f}×",
             flush=True,
         )
         del params, optimizers, steps
@@ -318,8 +333,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             f"Per-matrix `optimizer.step()`, {'compiled (fullgraph)' if section == 'compiled' else 'eager'}:",
             "",
-            "| shape | Muon ms | NorMuon × | U-NorMuon × | Aurora × | Aurora row error | Aurora extra peak MiB |",
-            "|---|---|---|---|---|---|---|",
+            "| shape | Muon ms | NorMuon × | U-NorMuon × | Aurora × | Aurora, fp32 Gram × | Aurora row error "
+            "| Aurora extra peak MiB |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for entry in report[section]:
             o = entry["optimizers"]
@@ -332,6 +348,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {entry['label']} {entry['shape'][0]}×{entry['shape'][1]} | {o['muon']['median_ms']:.3f} ({o['muon']['min_ms']:.3f}) "
                 f"| {o['normuon']['median_ratio_to_muon']:.3f} | {o['unormuon']['median_ratio_to_muon']:.3f} "
                 f"| {o['aurora']['median_ratio_to_muon']:.3f} ({o['aurora']['min_ratio_to_muon']:.3f}) "
+                f"| {o['aurora_fp32_gram']['median_ratio_to_muon']:.3f} "
                 f"| {o['aurora']['row_error']:.1e} | {extra} |"
             )
         lines.append("")

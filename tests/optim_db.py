@@ -62,6 +62,7 @@ OPTIM_DB: dict[str, OptimInfo] = {
             REDUCED,
             {"balance_steps": 5, "balance_beta": 1.0},
             {"row_correction": False},
+            {"gram_matmul_dtype": torch.bfloat16},
         ],
         error_inputs=[
             ({"balance_steps": 0}, "balance_steps"),
@@ -70,6 +71,8 @@ OPTIM_DB: dict[str, OptimInfo] = {
             ({"balance_tolerance": -1e-3}, "balance_tolerance"),
             ({"balance": "qr"}, "balance"),
             ({"row_correction": 1}, "row_correction"),
+            ({"gram_matmul_dtype": torch.float64}, "gram_matmul_dtype"),
+            ({"gram_matmul_dtype": "bf16"}, "gram_matmul_dtype"),
         ],
     ),
     "riemannian_aurora": OptimInfo(

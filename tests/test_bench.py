@@ -100,6 +100,22 @@ def test_polar_reduction_benchmark_runs(tmp_path: Path):
     assert "| 64×16 | 4.00 |" in (tmp_path / "polar_reduction.md").read_text()
 
 
+def test_gram_precision_benchmark_runs(tmp_path: Path):
+    """benchmarks/gram_precision.py --quick: every variant replayed on both recordings, rows uniform."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "benchmarks" / "gram_precision.py"), "--quick", "--out", str(tmp_path)]
+    subprocess.run(command, capture_output=True, text=True, check=True, cwd=root)
+    report = json.loads((tmp_path / "gram_precision.json").read_text())
+    assert len(report["recordings"]) == 2
+    for results in report["recordings"].values():
+        assert len(results) == 4
+        for variant, r in results.items():
+            assert r["directions"] > 0 and 0 < r["mean_distance"] <= r["max_distance"]
+            if "ablation" not in variant:  # the row correction: uniform to fp32 rounding
+                assert r["max_row_error"] <= ROW_TARGET
+    assert "| fp32 products |" in (tmp_path / "gram_precision.md").read_text()
+
+
 def test_gpu_benchmark_runs_on_the_cpu(tmp_path: Path):
     """benchmarks/gpu.py --quick --device cpu: every section but the compiled one (its matrices are
     the model section's compiled steps too), the model uncompiled; JSON and markdown for each."""
@@ -110,9 +126,10 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path: Path):
     report = json.loads((tmp_path / "gpu.json").read_text())
     for matrix in report["matrices"]:
         optimizers = matrix["optimizers"]
-        assert set(optimizers) == {"muon", "normuon", "unormuon", "aurora"}
+        assert set(optimizers) == {"muon", "normuon", "unormuon", "aurora", "aurora_fp32_gram"}
         assert all(entry["median_ms"] > 0 for entry in optimizers.values())
         assert optimizers["aurora"]["row_error"] <= ROW_TARGET < optimizers["muon"]["row_error"]
+        assert optimizers["aurora_fp32_gram"]["row_error"] <= ROW_TARGET
     for matrix in report["polar_backends"]:  # the quintic Newton–Schulz is ~0.2 off by design
         assert all(entry["relative_error"] < 0.5 for entry in matrix["backends"].values())
         assert matrix["backends"]["polar_express/float32"]["relative_error"] < 1e-5  # measured ≤ 9.2e-7

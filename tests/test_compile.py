@@ -29,10 +29,11 @@ from models import Conv1D
 from optim_db import OPTIM_DB, REDUCED
 
 NAMES = sorted(OPTIMIZERS)
-#: each optimizer's defaults, and Aurora with the polar reduction (of D·M after its Gram steps; the
-#: other optimizers call the same reduced orthogonalizer)
-CONFIGURATIONS = [(name, {}) for name in NAMES] + [("aurora", REDUCED)]
-IDS = [name + ("-qr" if kwargs else "") for name, kwargs in CONFIGURATIONS]
+#: each optimizer's defaults (on the CPU: fp32 polar factors), and Aurora with CUDA's bf16 polar factor
+#: (so bf16 Gram products) and the polar reduction (of D·M after its Gram steps; the other optimizers
+#: call the same reduced orthogonalizer)
+CONFIGURATIONS = [(name, {}) for name in NAMES] + [("aurora", {**REDUCED, "polar_dtype": torch.bfloat16})]
+IDS = [name + ("-qr-bf16" if kwargs else "") for name, kwargs in CONFIGURATIONS]
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

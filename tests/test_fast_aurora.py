@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from aurora_opt import Aurora, Muon, NorMuon, RiemannianAurora
+from aurora_opt.matrices import matmul_fp32
 from aurora_opt.optim._spectral import stacking_plan
 from aurora_opt.optim.aurora import (
     aurora_direction,
@@ -278,9 +279,9 @@ def count_gram_steps(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = aurora_module.gram_leverage
 
-    def counted(X, D):
+    def counted(*args):
         calls.append(1)
-        return real(X, D)
+        return real(*args)
 
     monkeypatch.setattr(aurora_module, "gram_leverage", counted)
     return calls
@@ -435,6 +436,100 @@ def test_sync_free_gram_leverage_survives_a_failed_cholesky():
         fixed = gram_leverage(X, D)
     assert torch.isfinite(fixed).all()
     torch.testing.assert_close(fixed[1], eager[1], rtol=0, atol=0)
+
+
+#: leverage from bf16/fp16-rounded Gram products against the exact float64 leverage: the inputs are
+#: rounded at 2⁻⁹ (bf16) or 2⁻¹² (fp16) relative, and the leverage error grows with the condition of
+#: D·X (measured 4.0e-3 and 8.3e-3 for bf16, 5e-4 and 1.7e-3 for fp16 on these matrices)
+LOW_PRECISION_LEVERAGE_TOL = 2e-2
+#: the direction's distance to exact Aurora with low-precision Gram products, over that with fp32
+#: ones, both with a bf16 polar factor (whose own error, 5e-2 to 1.5e-1 here, dominates): measured
+#: 0.99 to 1.004 on these inputs
+LOW_PRECISION_GRAM_DISTANCE_RATIO = 1.05
+
+
+@pytest.mark.parametrize("matmul_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", [(256, 64), (96, 48)])
+def test_low_precision_gram_leverage(shape, matmul_dtype):
+    g = torch.Generator().manual_seed(0)
+    X = unequal_rows(*shape, 0, decades=2.0, shuffle=True, dtype=torch.float32).unsqueeze(0)
+    D = torch.rand(1, shape[0], 1, generator=g) + 0.5
+    exact = gram_leverage(X.double(), D.double())
+    low = gram_leverage(X, D, matmul_dtype)
+    assert low.dtype == torch.float32
+    assert ((low - exact).abs() / exact).max().item() <= LOW_PRECISION_LEVERAGE_TOL
+    # the products were rounded: the result is not the fp32 one
+    assert not torch.equal(low, gram_leverage(X, D))
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_matmul_fp32_accumulates_and_returns_fp32(dtype, device):
+    """On the CPU: the exact products of the rounded inputs summed in fp32, not a result rounded to
+    bf16/fp16. On the meta device: the call CUDA makes (torch.bmm with out_dtype), checked against
+    torch's own shape and dtype rule for it, since no GPU runs here."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 5, 64, generator=g).to(dtype)
+    b = torch.randn(2, 64, 3, generator=g).to(dtype)
+    result = matmul_fp32(a.to(device), b.to(device))
+    assert result.dtype == torch.float32 and result.shape == (2, 5, 3)
+    if device == "cpu":
+        exact = a.double() @ b.double()
+        # fp32 accumulation of 64 exact products: the standard bound 64·2⁻²⁴·Σ|a_k b_k|
+        bound = 64 * 2**-24 * (a.double().abs() @ b.double().abs())
+        assert ((result.double() - exact).abs() <= bound).all()
+        assert not torch.equal(result, (a @ b).float())  # a @ b rounds the result to bf16/fp16
+
+
+@pytest.mark.parametrize("matmul_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", ["spread rows", "dominant features"])
+def test_low_precision_gram_steps_keep_the_bf16_direction(case, matmul_dtype):
+    """With a bf16 polar factor and the 2 Gram steps of the CUDA default, bf16/fp16 Gram products give
+    a direction as close to exact float64 Aurora as fp32 ones, and rows uniform after the correction."""
+    g = torch.Generator().manual_seed(1)
+    if case == "spread rows":
+        M = unequal_rows(512, 128, 1, decades=3.0, shuffle=True, dtype=torch.float32).unsqueeze(0)
+    else:
+        M = dominant_features(512, 128, g).unsqueeze(0)
+    exact, _ = balanced_polar(M.double(), orthogonalize=svd_polar, steps=100, beta=None, eps=1e-7)
+    orthogonalize = make_orthogonalizer("polar_express", steps=None, eps=1e-7, dtype=torch.bfloat16)
+    settings = dict(orthogonalize=orthogonalize, balance_steps=2, balance_beta=None, eps=1e-7, row_correction=True)
+
+    def distance(U: torch.Tensor) -> float:
+        return ((U.double() - exact).norm() / exact.norm()).item()
+
+    full = aurora_direction(M, **settings)
+    low = aurora_direction(M, **settings, gram_matmul_dtype=matmul_dtype)
+    assert distance(low) <= LOW_PRECISION_GRAM_DISTANCE_RATIO * distance(full)
+    assert row_uniformity_error(low).item() <= CORRECTED_ROW_TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("polar_dtype", "gram_matmul_dtype", "expected"),
+    [
+        (torch.float32, None, None),
+        (torch.bfloat16, None, torch.bfloat16),
+        (torch.float16, None, torch.float16),
+        (torch.bfloat16, torch.float32, None),
+        (torch.float32, torch.bfloat16, torch.bfloat16),
+    ],
+)
+def test_gram_matmul_dtype_follows_the_polar_dtype_by_default(polar_dtype, gram_matmul_dtype, expected, monkeypatch):
+    import aurora_opt.optim.aurora as aurora_module
+
+    seen = []
+    real = aurora_module.gram_leverage
+
+    def spy(X, D, matmul_dtype=None):
+        seen.append(matmul_dtype)
+        return real(X, D, matmul_dtype)
+
+    monkeypatch.setattr(aurora_module, "gram_leverage", spy)
+    params = _params([(48, 16)], 8)
+    optimizer = Aurora(params, lr=0.1, polar_dtype=polar_dtype, gram_matmul_dtype=gram_matmul_dtype)
+    _grads(params, 0)
+    optimizer.step()
+    assert seen and set(seen) == {expected}
 
 
 def test_a_nonfinite_direction_is_zeroed_and_counted(monkeypatch):

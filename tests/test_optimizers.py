@@ -92,6 +92,30 @@ def test_state_dict_resume_is_bit_identical(name):
         assert torch.equal(a, b)
 
 
+#: options added after the first checkpoints were written: a checkpoint without them loads with the
+#: optimizer's own value
+LATER_OPTIONS = {"polar_reduction": "qr", "gram_matmul_dtype": torch.float32}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_from_before_later_options_loads(name):
+    spectral, adamw = make_params()
+    old = make_optimizer(name, spectral, adamw)
+    later = {key: value for key, value in LATER_OPTIONS.items() if key in old.defaults}
+    state = old.state_dict()
+    for group in state["param_groups"]:
+        for key in later:
+            group.pop(key, None)
+    rejected = [kwargs for kwargs, _ in OPTIM_DB[name].error_inputs]
+    supported = {key: value for key, value in later.items() if {key: value} not in rejected}
+    new = make_optimizer(name, spectral, adamw, **supported)
+    new.load_state_dict(state)
+    spectral_group = new.param_groups[0]
+    for key in later:
+        assert spectral_group[key] == new.defaults[key]
+    assert all(key not in new.param_groups[1] for key in later)  # the AdamW group gets none of them
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_params_without_grad_are_untouched(name):
     spectral, adamw = make_params()

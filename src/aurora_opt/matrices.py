@@ -56,3 +56,16 @@ def all_finite(t: Tensor, dim: tuple[int, ...] = (), keepdim: bool = False) -> T
     if t.numel() == 0:  # max and min of nothing are undefined
         return torch.ones((), dtype=torch.bool, device=t.device) if not dim else torch.isfinite(t).all(dim, keepdim)
     return torch.isfinite(t.amax(dim, keepdim)) & torch.isfinite(t.amin(dim, keepdim))
+
+
+def matmul_fp32(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b for bf16 or fp16 batches a [B, p, q] and b [B, q, r], accumulated and returned in fp32.
+
+    On CUDA one tensor-core kernel (``torch.bmm``'s ``out_dtype``; on the meta device the same call
+    propagates shapes and dtypes); elsewhere the same arithmetic on fp32 copies (a product of two bf16
+    or fp16 numbers is exact in fp32). Unlike ``a @ b``, whose result is rounded to a's dtype, the
+    result keeps fp32 precision: a Gram matrix rounded to bf16 loses its smallest eigenvalues.
+    """
+    if a.device.type in ("cuda", "meta"):
+        return torch.bmm(a, b, torch.float32)
+    return a.float() @ b.float()

@@ -287,9 +287,11 @@ class SpectralOptimizer(Optimizer):
         state_dict = dict(state_dict)
         self._skipped_steps = int(state_dict.pop("skipped_steps", 0))
         super().load_state_dict(state_dict)
-        for group in self.param_groups:  # checkpoints from before weight_layout / polar_reduction existed
+        for group in self.param_groups:  # checkpoints from before an option existed get its default
             group.setdefault("weight_layout", "out_in")
-            group.setdefault("polar_reduction", self.defaults["polar_reduction"])
+            if group.get("algorithm") != ADAMW:
+                for key, value in self.defaults.items():
+                    group.setdefault(key, value)
 
     # ------------------------------------------------------------------ the step
     def _check_grads(self) -> bool | Tensor:

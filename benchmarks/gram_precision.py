@@ -1,0 +1,177 @@
+"""Accuracy of Aurora's direction with low-precision Gram products (``gram_matmul_dtype``), on the CPU.
+
+Aurora as CUDA runs it (a bf16 Polar Express factor, 2 Gram steps without host synchronization, the
+row correction) replays momenta and gradients: those recorded from the bench's GPT trained by Muon,
+and the bench's synthetic drift (:mod:`aurora_opt.bench`). Each step's direction U is compared with
+exact Aurora of the same momentum (float64, exact SVD polar factor, 100 Gram steps):
+‖U − U*‖_F/‖U*‖_F, averaged and worst over the steps and non-square matrices, and the worst row error
+max_i |‖U_i‖²/mean_j ‖U_j‖² − 1|. Variants: fp32 Gram products (``torch.float32``), bf16 and fp16
+inputs with fp32 sums (the CPU computes the same arithmetic as CUDA's tensor cores, slower), and, as
+the ablation that motivates the fp32 sums, a Gram matrix rounded to bf16.
+
+    PYTHONPATH=src python benchmarks/gram_precision.py --out benchmarks/cpu [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import aurora_opt.optim.aurora as aurora_module
+from aurora_opt import Aurora
+from aurora_opt.bench import (
+    Recording,
+    gpt_shapes,
+    machine_description,
+    record_training,
+    start_from,
+    synthetic_recording,
+)
+from aurora_opt.matrices import tall
+from aurora_opt.optim import sync_free
+from aurora_opt.optim._spectral import adjust_lr
+from aurora_opt.polar import shifted_cholesky, svd_polar
+from aurora_opt.provenance import provenance, write_result
+
+#: variant → Aurora's gram_matmul_dtype (None: the bf16 Gram matrix ablation, see rounded_gram_matrix)
+VARIANTS: dict[str, torch.dtype | None] = {
+    "fp32 products": torch.float32,
+    "bf16 products, fp32 sums (default)": torch.bfloat16,
+    "fp16 products, fp32 sums": torch.float16,
+    "bf16 Gram matrix (ablation)": None,
+}
+MOMENTUM = 0.95  # Aurora's default, with Nesterov
+
+
+@contextlib.contextmanager
+def rounded_gram_matrix() -> Iterator[None]:
+    """Gram steps whose products round their result to bf16 too (plain bf16 matmuls)."""
+
+    def leverage(X: Tensor, D: Tensor, matmul_dtype: torch.dtype | None = None) -> Tensor:
+        DX = (D * X).bfloat16()
+        L = shifted_cholesky((DX.mT @ DX).float())
+        identity = torch.eye(L.size(-1), dtype=L.dtype).expand_as(L)
+        L_inv = torch.linalg.solve_triangular(L, identity, upper=False)
+        Z = (X.bfloat16() @ L_inv.mT.bfloat16()).float()
+        return Z.square().sum(dim=-1, keepdim=True) * D.square()
+
+    real = aurora_module.gram_leverage
+    aurora_module.gram_leverage = leverage
+    try:
+        yield
+    finally:
+        aurora_module.gram_leverage = real
+
+
+def exact_aurora(M: Tensor) -> Tensor:
+    X, transposed = tall(M.double().unsqueeze(0))
+    U, _ = aurora_module.balanced_polar(X, orthogonalize=svd_polar, steps=100, beta=None, eps=1e-7)
+    return U[0].mT if transposed else U[0]
+
+
+def replay(recorded: Recording, matmul_dtype: torch.dtype | None) -> dict[str, float]:
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in recorded.gradients[0]]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer = Aurora(
+        params,
+        lr=1.0,
+        weight_decay=0.0,
+        momentum=MOMENTUM,
+        polar_dtype=torch.bfloat16,
+        gram_matmul_dtype=matmul_dtype or torch.bfloat16,
+    )
+    start_from(optimizer, params, recorded)
+    distances, row_errors = [], []
+    for gradients in recorded.gradients:
+        before = [p.detach().clone() for p in params]
+        momenta = []
+        for p, g in zip(params, gradients):
+            p.grad.copy_(g)
+            buffer = optimizer.state[p]["momentum_buffer"].lerp(g, 1 - MOMENTUM)  # this step's buffer
+            momenta.append(g.lerp(buffer, MOMENTUM))  # the Nesterov input of the direction
+        with sync_free(), rounded_gram_matrix() if matmul_dtype is None else contextlib.nullcontext():
+            optimizer.step()
+        for p, b, M in zip(params, before, momenta):
+            m, n = p.shape
+            if m == n:
+                continue
+            U = (b - p.detach()).double() / float(adjust_lr(1.0, None, m, n))
+            exact = exact_aurora(M)
+            distances.append(float((U - exact).norm() / exact.norm()))
+            rows = U if m > n else U.mT
+            leverage = rows.square().sum(dim=1)
+            row_errors.append(float((leverage / leverage.mean() - 1).abs().max()))
+    return {
+        "mean_distance": statistics.fmean(distances),
+        "max_distance": max(distances),
+        "max_row_error": max(row_errors),
+        "directions": len(distances),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    p = report["provenance"]
+    lines = [
+        f"Machine: {report['machine']}. Aurora with a bf16 Polar Express factor, 2 Gram steps without host "
+        "synchronization (CUDA's configuration), the row correction; distance ‖U − U*‖_F/‖U*‖_F to exact "
+        "float64 Aurora of the same momentum, mean and worst over the steps and non-square matrices.",
+        "",
+        "| momenta | Gram products | mean distance | worst distance | worst row error | directions |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, results in report["recordings"].items():
+        for variant, r in results.items():
+            lines.append(
+                f"| {name} | {variant} | {r['mean_distance']:.3e} | {r['max_distance']:.3e} "
+                f"| {r['max_row_error']:.1e} | {r['directions']} |"
+            )
+    commit = "not recorded" if p["commit"] is None else p["commit"][:12] + (" (dirty tree)" if p["dirty"] else "")
+    lines += ["", f"Code: aurora-opt {p['version']}, commit {commit}; `{p['command']}`; {p['utc']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("gram-precision"))
+    parser.add_argument("--rounds", type=int, default=6, help="optimizer steps replayed per recording")
+    parser.add_argument("--quick", action="store_true", help="a one-layer d=32 GPT, 1 round: a smoke test")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    torch.set_num_threads(1)
+    device = torch.device("cpu")
+    d_model, layers, trained_steps = (32, 1, 3) if args.quick else (256, 4, 60)
+    rounds = 1 if args.quick else args.rounds
+    recordings = {
+        f"trained GPT d={d_model} L={layers}, steps {trained_steps}–{trained_steps + rounds - 1}": record_training(
+            d_model, layers, 4, steps=trained_steps, rounds=rounds, device=device
+        ),
+        "synthetic drift": synthetic_recording(gpt_shapes(d_model, layers, 4), rounds=rounds, device=device),
+    }
+    command = ["python", "benchmarks/gram_precision.py", *(sys.argv[1:] if argv is None else argv)]
+    report: dict[str, Any] = {
+        "provenance": provenance(device, command),
+        "machine": machine_description(device),
+        "recordings": {},
+    }
+    for name, recorded in recordings.items():
+        results = report["recordings"][name] = {}
+        for variant, matmul_dtype in VARIANTS.items():
+            results[variant] = replay(recorded, matmul_dtype)
+            r = results[variant]
+            print(f"{name} | {variant}: mean {r['mean_distance']:.3e}, worst {r['max_distance']:.3e}", flush=True)
+    write_result(args.out, "gram_precision", report, markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
