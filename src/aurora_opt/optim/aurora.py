@@ -82,10 +82,11 @@ ROW_CORRECTION_MAX = 1.25
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 #: values of Aurora's ``gram_matmul_dtype``: None (bf16/fp16 when the polar factor is), full precision
 #: (fp32: the Gram dtype itself, float64 where that is float64), or inputs rounded to bf16/fp16.
-#: Measured on the CPU with bf16 emulated (fp32 accumulation), bf16 polar factor, 2 sync-free Gram
-#: steps: the direction's mean distance to exact float64 Aurora is the same with bf16 Gram products
-#: as with fp32 ones (7.85e-2 against 7.86e-2 on the momenta of a trained GPT d=256, 3.57e-2 against
-#: 3.56e-2 on the bench's synthetic drift); rounding the Gram matrix itself to bf16 doubled it (1.4e-1)
+#: Measured on the CPU with the same arithmetic (benchmarks/cpu/gram_precision.md: bf16 polar factor,
+#: 2 sync-free Gram steps), the direction's mean distance to exact float64 Aurora is the same with
+#: bf16 Gram products as with fp32 ones (7.655e-2 against 7.645e-2 on the momenta of a trained GPT
+#: d=256, 3.569e-2 against 3.568e-2 on the bench's synthetic drift); rounding the Gram matrix itself
+#: to bf16 doubled it on the trained momenta (1.443e-1), hence the fp32 sums
 GRAM_MATMUL_DTYPES = (None, torch.float32, *LOW_PRECISION)
 
 
@@ -165,8 +166,9 @@ def gram_leverage(X: Tensor, D: Tensor, matmul_dtype: torch.dtype | None = None)
 
     ℓ_i = d_i²·‖L⁻¹ X_i‖² with L Lᵀ = Xᵀ D² X + λI (:func:`aurora_opt.polar.shifted_cholesky`,
     λ = GRAM_RIDGE·‖D·X‖_F²). Only one m×n temporary is alive at a time (D·X for the Gram matrix,
-    then X L⁻ᵀ). Without host syncs a failed factorization is retried once at ridge 1: the leverage
-    then leans towards the row norms of D·X for that one balancing step.
+    then X L⁻ᵀ), and with ``matmul_dtype`` its bf16/fp16 copy. Without host syncs a failed
+    factorization is retried once at ridge 1: the leverage then leans towards the row norms of D·X for
+    that one balancing step.
 
     ``matmul_dtype`` (bf16 or fp16): the two m×n by n×n products, Xᵀ D² X and X L⁻ᵀ, round their
     inputs to it and accumulate in fp32 (:func:`aurora_opt.matrices.matmul_fp32`: tensor cores on a
