@@ -39,7 +39,7 @@ from aurora_opt.matrices import tall
 from aurora_opt.optim import sync_free
 from aurora_opt.optim._spectral import adjust_lr
 from aurora_opt.polar import shifted_cholesky, svd_polar
-from aurora_opt.provenance import provenance, write_result
+from aurora_opt.provenance import code_line, provenance, write_result
 
 #: variant → Aurora's gram_matmul_dtype (None: the bf16 Gram matrix ablation, see rounded_gram_matrix)
 VARIANTS: dict[str, torch.dtype | None] = {
@@ -134,8 +134,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {name} | {variant} | {r['mean_distance']:.3e} | {r['max_distance']:.3e} "
                 f"| {r['max_row_error']:.1e} | {r['directions']} |"
             )
-    commit = "not recorded" if p["commit"] is None else p["commit"][:12] + (" (dirty tree)" if p["dirty"] else "")
-    lines += ["", f"Code: aurora-opt {p['version']}, commit {commit}; `{p['command']}`; {p['utc']}."]
+    lines += ["", code_line(p)]
     return "\n".join(lines) + "\n"
 
 

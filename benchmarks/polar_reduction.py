@@ -22,7 +22,7 @@ import torch
 import aurora_opt.polar
 from aurora_opt.bench import machine_description
 from aurora_opt.polar import make_orthogonalizer
-from aurora_opt.provenance import provenance, write_result
+from aurora_opt.provenance import code_line, provenance, write_result
 
 SHAPES = [(320, 256), (384, 256), (448, 256), (512, 256), (768, 256), (1024, 256), (1024, 512), (2048, 512)]
 QUICK_SHAPES = [(24, 16), (64, 16)]
@@ -66,8 +66,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {m}×{n} | {m / n:.2f} | {e['direct']['min_ms']:.2f} ({e['direct']['median_ms']:.2f}) "
             f"| {e['qr']['min_ms']:.2f} ({e['qr']['median_ms']:.2f}) | {e['ratio_min']:.2f} ({e['ratio_median']:.2f}) |"
         )
-    commit = "not recorded" if p["commit"] is None else p["commit"][:12] + (" (dirty tree)" if p["dirty"] else "")
-    lines += ["", f"Code: aurora-opt {p['version']}, commit {commit}; `{p['command']}`; {p['utc']}."]
+    lines += ["", code_line(p)]
     return "\n".join(lines) + "\n"
 
 

@@ -46,7 +46,7 @@ from .optim import Aurora, Muon, RiemannianAurora, SpectralOptimizer, lookahead_
 from .optim._spectral import ADAMW
 from .optim.aurora import balanced_polar, row_uniformity_error
 from .polar import DEFAULT_POLAR, get_polar
-from .provenance import provenance, write_result
+from .provenance import commit_label, provenance, write_result
 from .train.data import get_batch, stdlib_prefix
 from .train.gpt import GPT, GPTConfig
 
@@ -456,10 +456,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {steps} | {warm} | {value['first']:.1e} | {value['max_after_5']:.1e} |")
     if "provenance" in report:
         p = report["provenance"]
-        commit = "not recorded" if p["commit"] is None else p["commit"][:12] + (" (dirty tree)" if p["dirty"] else "")
         lines += [
             "",
-            f"Code: aurora-opt {p['version']}, commit {commit}; `{p['command']}`; CPU {p['machine']['cpu']}; "
+            f"Code: aurora-opt {p['version']}, commit {commit_label(p)}; `{p['command']}`; CPU {p['machine']['cpu']}; "
             f"{p['utc']}.",
         ]
     return "\n".join(lines) + "\n"

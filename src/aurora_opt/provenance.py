@@ -112,6 +112,19 @@ def provenance(
     }
 
 
+def commit_label(p: dict[str, Any]) -> str:
+    """The commit of a :func:`provenance` record as a result prints it: 12 hex digits, marked if the
+    tree was dirty, or "not recorded"."""
+    if p["commit"] is None:
+        return "not recorded"
+    return p["commit"][:12] + (" (dirty tree)" if p["dirty"] else "")
+
+
+def code_line(p: dict[str, Any]) -> str:
+    """The closing line of a result's markdown: version, commit, command and time of the run."""
+    return f"Code: aurora-opt {p['version']}, commit {commit_label(p)}; `{p['command']}`; {p['utc']}."
+
+
 def write_result(out: Path, name: str, report: dict[str, Any], markdown: str) -> None:
     """Write ``out/name.json`` (the report, provenance included) and ``out/name.md`` beside it."""
     out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..diagnostics import STARVED_SHARE
+from ..provenance import commit_label
 
 
 class MissingExtraError(RuntimeError):
@@ -42,11 +43,10 @@ def machine_sentence(results: dict[str, Any]) -> str:
             f"{m.get('load_average', '?')}; commit not recorded."
         )
     p = results["provenance"]
-    commit = "not recorded" if p["commit"] is None else p["commit"][:12] + (" (dirty tree)" if p["dirty"] else "")
     return (
         f"Machine: {p['machine']['cpu']}, {p['machine']['cpu_count']} CPU cores, {p['threads']} torch "
         f"thread(s), device {p['device']}, torch {p['torch']}, Python {p['python']}, 1-min load average at "
-        f"start {p.get('load_average', '?')}. Code: aurora-opt {p['version']}, commit {commit}; "
+        f"start {p.get('load_average', '?')}. Code: aurora-opt {p['version']}, commit {commit_label(p)}; "
         f"command `{p['command']}`; run {p['utc']}."
     )
 
