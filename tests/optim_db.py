@@ -73,6 +73,7 @@ OPTIM_DB: dict[str, OptimInfo] = {
             ({"row_correction": 1}, "row_correction"),
             ({"gram_matmul_dtype": torch.float64}, "gram_matmul_dtype"),
             ({"gram_matmul_dtype": "bf16"}, "gram_matmul_dtype"),
+            ({"gram_matmul_dtype": torch.bfloat16, "balance": "polar"}, "gram_matmul_dtype"),
         ],
     ),
     "riemannian_aurora": OptimInfo(

@@ -426,6 +426,8 @@ class Aurora(SpectralOptimizer):
             raise ValueError(
                 f"invalid gram_matmul_dtype: {group['gram_matmul_dtype']!r} (expected one of {GRAM_MATMUL_DTYPES})"
             )
+        if group["gram_matmul_dtype"] is not None and group["balance"] != "gram":
+            raise ValueError(f"invalid gram_matmul_dtype: balance={group['balance']!r} takes no Gram steps")
 
     def _init_state(self, p, state, group):
         super()._init_state(p, state, group)
