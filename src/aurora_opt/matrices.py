@@ -47,6 +47,16 @@ def wide(G: Tensor) -> tuple[Tensor, bool]:
     return G, False
 
 
+def row_norms(X: Tensor) -> Tensor:
+    """‖X_i‖ of every row of X [..., m, n]: ``[..., m, 1]``.
+
+    As the root of a sum of squares: the tall view Mᵀ of a wide M has its rows strided, and there
+    ``X.norm(dim=-1)`` took 825 µs against 56 µs (1024×256 view, one CPU thread; 30 against 39 µs on
+    contiguous rows).
+    """
+    return X.square().sum(dim=-1, keepdim=True).sqrt()
+
+
 def all_finite(t: Tensor, dim: tuple[int, ...] = (), keepdim: bool = False) -> Tensor:
     """Whether every entry of ``t`` (over the dimensions ``dim``; ``()``: all) is finite, as a bool tensor.
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ..matrices import TINY, all_finite, matmul_fp32, matrix_shape, tall
+from ..matrices import TINY, all_finite, matmul_fp32, matrix_shape, row_norms, tall
 from ..polar import default_polar_dtype, shifted_cholesky
 from ..sync import host_syncs_allowed
 from ._spectral import SpectralOptimizer, _check_float, _check_int, spectral_kwargs_doc
@@ -90,14 +90,14 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 GRAM_MATMUL_DTYPES = (None, torch.float32, *LOW_PRECISION)
 
 
-def active_rows(X: Tensor, eps: float) -> Tensor:
-    """Rows of X [B, m, n] whose norm exceeds eps × the largest row norm: ``[B, m, 1]`` bool.
+def active_rows(norms: Tensor, eps: float) -> Tensor:
+    """Rows whose norm (``norms`` [B, m, 1], :func:`aurora_opt.matrices.row_norms`) exceeds eps × the
+    largest: ``[B, m, 1]`` bool.
 
     Rows below that (starved neurons have exactly-zero gradient rows) cannot be balanced: any
     D·X keeps them at zero, so they are left out of the balancing and get a zero update.
     """
-    row_norm = X.norm(dim=-1, keepdim=True)
-    return row_norm > eps * row_norm.amax(dim=-2, keepdim=True)
+    return norms > eps * norms.amax(dim=-2, keepdim=True)
 
 
 def leverage(U: Tensor) -> Tensor:
@@ -241,9 +241,9 @@ def balanced_polar(
         raise ValueError(f"invalid balance: {balance!r} (expected one of {BALANCE_MODES})")
     if gram_dtype is None:
         gram_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
-    active = active_rows(X, eps)
     Xg = X.to(gram_dtype)
-    norms = Xg.norm(dim=-1, keepdim=True)
+    norms = row_norms(Xg)
+    active = active_rows(norms, eps)
     D = initial_row_weights(norms, active, scaling)
     if balance == "gram":
         balancing_steps = steps

@@ -37,7 +37,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..matrices import TINY, all_finite, tall
+from ..matrices import TINY, all_finite, row_norms, tall
 from ..polar import gram_ridge
 from ..sync import host_syncs_allowed
 from .aurora import (
@@ -208,10 +208,11 @@ def dual_aurora_tall(
     """
     dtype = X.dtype
     ridge = gram_ridge(dtype)  # the relative eigenvalue floor
-    active = active_rows(X, eps)
+    norms = row_norms(X)
+    active = active_rows(norms, eps)
     X = X * active
+    norms = norms * active
     t = X.size(-1) / active.sum(dim=-2, keepdim=True).clamp_min(1).to(dtype)
-    norms = X.norm(dim=-1, keepdim=True)
     D = initial_row_weights(norms, active, scaling)
     for _ in range(balance_steps):
         lev = _gram_leverage(X, D, ridge)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ..matrices import TINY, all_finite, matrix_shape, tall
+from ..matrices import TINY, all_finite, matrix_shape, row_norms, tall
 from ..polar import default_polar_dtype
 from ._spectral import (
     SpectralOptimizer,
@@ -152,7 +152,7 @@ def riemannian_aurora_direction(
         return orthogonalize(M)
     X, transposed = tall(M)
     X = X / torch.linalg.matrix_norm(X, keepdim=True).clamp_min(TINY)
-    active = active_rows(X, eps)
+    active = active_rows(row_norms(X), eps)
     X = X * active
 
     def retract(Y: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from ..matrices import row_norms
 from ._spectral import SpectralOptimizer, spectral_kwargs_doc
 
 
@@ -19,7 +20,7 @@ def unormuon_direction(M: Tensor, *, orthogonalize: Callable[[Tensor], Tensor], 
     U = orthogonalize(M)
     m, n = M.shape[-2:]
     target = (min(m, n) / m) ** 0.5
-    row_norm = U.norm(dim=-1, keepdim=True)
+    row_norm = row_norms(U)
     return U * (target / row_norm.clamp_min(eps)) * (row_norm > eps)
 
 
