@@ -299,13 +299,15 @@ def cholesky_qr(X: Tensor) -> tuple[Tensor, Tensor]:
     (Q₁ = Q R₂, R = R₂R₁, its ridge relative to Q₁'s mean eigenvalue, ≈ 1, not its trace, ≈ n)
     brings it to rounding (2e-6 on the same matrices). X = QR holds either way, so the second pass
     also undoes the first ridge's shrinking of Q₁'s weak directions: Q stays orthonormal down to
-    σ/‖X‖_F ≈ 1e-5 (the effective shift is about GRAM_RIDGE²·‖X‖_F²).
+    σ/‖X‖_F ≈ 1e-5 (the effective shift is about GRAM_RIDGE²·‖X‖_F²). X is released after the first
+    pass: a temporary passed in (a rescaled copy) is freed before Q is formed.
     """
+    n, dtype = X.size(-1), X.dtype
     L = shifted_cholesky(X.mT @ X)
     Q = torch.linalg.solve_triangular(L.mT, X, upper=True, left=False)
+    del X
     R = L.mT
-    n = X.size(-1)
-    L = shifted_cholesky(Q.mT @ Q, gram_ridge(X.dtype) / n, retry_ridges=(SECOND_PASS_RETRY / n, 1.0))
+    L = shifted_cholesky(Q.mT @ Q, gram_ridge(dtype) / n, retry_ridges=(SECOND_PASS_RETRY / n, 1.0))
     Q = torch.linalg.solve_triangular(L.mT, Q, upper=True, left=False)
     return Q, L.mT @ R
 
@@ -338,9 +340,9 @@ def qr_reduced(X: Tensor, polar: Callable[[Tensor], Tensor]) -> Tensor:
     Y, transposed = tall(X)
     if Y.size(-1) == 0 or Y.size(-2) < QR_REDUCTION_MIN_ASPECT * Y.size(-1):
         return polar(X)
-    # an exact power-of-two rescale keeps the Gram matrix finite (polar(X) ignores X's scale)
-    work = scaled_to_unit_max(Y.to(torch.promote_types(Y.dtype, torch.float32)))
-    Q, R = cholesky_qr(work)
+    # an exact power-of-two rescale keeps the Gram matrix finite (polar(X) ignores X's scale); the
+    # rescaled copy is cholesky_qr's alone, so it is freed after the first pass
+    Q, R = cholesky_qr(scaled_to_unit_max(Y.to(torch.promote_types(Y.dtype, torch.float32))))
     U = (Q @ polar(R).to(Q.dtype)).to(X.dtype)
     return U.mT if transposed else U
 
