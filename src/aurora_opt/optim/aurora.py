@@ -365,9 +365,12 @@ def _sync_free_gram_steps(M: Tensor, group: dict[str, Any]) -> int:
 
 def _gram_matmul_dtype(M: Tensor, group: dict[str, Any]) -> torch.dtype | None:
     """The dtype the Gram steps' products round their inputs to, or None for full precision: the
-    group's ``gram_matmul_dtype``, by default (None) a bf16/fp16 polar dtype."""
+    group's ``gram_matmul_dtype``, by default (None) a bf16/fp16 polar dtype, unless the Gram
+    matrices are float64 (the exact backend)."""
     requested = group["gram_matmul_dtype"]
     if requested is None:
+        if gram_dtype_for(group["polar"], group["polar_dtype"]) == torch.float64:
+            return None
         return _low_precision_polar(M, group)
     return requested if requested in LOW_PRECISION else None
 
@@ -507,5 +510,6 @@ Aurora.__doc__ = rf"""Aurora: leverage-aware spectral descent (Tilde Research, a
         gram_matmul_dtype (torch.dtype or None): ``"gram"`` only: the dtype the Gram steps' two
             m×n by n×n products round their inputs to, accumulating in fp32 (tensor cores on a GPU);
             the factorization stays in fp32. ``None`` (default): bf16/fp16 when the polar factor is
-            (so bf16 on CUDA), whose own error is far larger; ``torch.float32``: full precision.
+            (so bf16 on CUDA), whose own error is far larger, but full precision with the ``"svd"``
+            backend; ``torch.float32``: full precision.
 """
