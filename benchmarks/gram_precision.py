@@ -38,7 +38,7 @@ from aurora_opt.bench import (
 from aurora_opt.matrices import tall
 from aurora_opt.optim import sync_free
 from aurora_opt.optim._spectral import adjust_lr
-from aurora_opt.polar import shifted_cholesky, svd_polar
+from aurora_opt.polar import svd_polar
 from aurora_opt.provenance import code_line, provenance, write_result
 
 #: variant → Aurora's gram_matmul_dtype (None: the bf16 Gram matrix ablation, see rounded_gram_matrix)
@@ -53,22 +53,13 @@ MOMENTUM = 0.95  # Aurora's default, with Nesterov
 
 @contextlib.contextmanager
 def rounded_gram_matrix() -> Iterator[None]:
-    """Gram steps whose products round their result to bf16 too (plain bf16 matmuls)."""
-
-    def leverage(X: Tensor, D: Tensor, matmul_dtype: torch.dtype | None = None) -> Tensor:
-        DX = (D * X).bfloat16()
-        L = shifted_cholesky((DX.mT @ DX).float())
-        identity = torch.eye(L.size(-1), dtype=L.dtype).expand_as(L)
-        L_inv = torch.linalg.solve_triangular(L, identity, upper=False)
-        Z = (X.bfloat16() @ L_inv.mT.bfloat16()).float()
-        return Z.square().sum(dim=-1, keepdim=True) * D.square()
-
-    real = aurora_module.gram_leverage
-    aurora_module.gram_leverage = leverage
+    """Gram steps whose bf16 products round their result to bf16 too (plain bf16 matmuls)."""
+    real = aurora_module.matmul_fp32
+    aurora_module.matmul_fp32 = lambda a, b: (a @ b).float()
     try:
         yield
     finally:
-        aurora_module.gram_leverage = real
+        aurora_module.matmul_fp32 = real
 
 
 def exact_aurora(M: Tensor) -> Tensor:

@@ -272,16 +272,17 @@ def test_warm_start_keeps_rows_uniform_on_a_drifting_momentum():
     assert sum(errors_warm[6:]) < 0.5 * sum(errors_cold[6:])
 
 
-def count_gram_steps(monkeypatch) -> list[int]:
-    """A list that gets one entry per call of gram_leverage (one Gram balancing step)."""
+def count_gram_steps(monkeypatch) -> list[torch.dtype | None]:
+    """A list that gets one entry per call of gram_leverage (one Gram balancing step): the dtype its
+    products rounded their inputs to (None: full precision)."""
     import aurora_opt.optim.aurora as aurora_module
 
-    calls: list[int] = []
+    calls: list[torch.dtype | None] = []
     real = aurora_module.gram_leverage
 
-    def counted(*args):
-        calls.append(1)
-        return real(*args)
+    def counted(X, D, matmul_dtype=None):
+        calls.append(matmul_dtype)
+        return real(X, D, matmul_dtype)
 
     monkeypatch.setattr(aurora_module, "gram_leverage", counted)
     return calls
@@ -516,16 +517,7 @@ def test_low_precision_gram_steps_keep_the_bf16_direction(case, matmul_dtype):
     ],
 )
 def test_gram_matmul_dtype_follows_the_polar_dtype_by_default(polar_dtype, gram_matmul_dtype, expected, monkeypatch):
-    import aurora_opt.optim.aurora as aurora_module
-
-    seen = []
-    real = aurora_module.gram_leverage
-
-    def spy(X, D, matmul_dtype=None):
-        seen.append(matmul_dtype)
-        return real(X, D, matmul_dtype)
-
-    monkeypatch.setattr(aurora_module, "gram_leverage", spy)
+    seen = count_gram_steps(monkeypatch)
     params = _params([(48, 16)], 8)
     backend = {"polar": "svd", "polar_dtype": torch.bfloat16} if polar_dtype == "svd" else {"polar_dtype": polar_dtype}
     optimizer = Aurora(params, lr=0.1, gram_matmul_dtype=gram_matmul_dtype, **backend)
