@@ -3,7 +3,8 @@
 Aurora as CUDA runs it (a bf16 Polar Express factor, 2 Gram steps without host synchronization, the
 row correction) replays momenta and gradients: those recorded from the bench's GPT trained by Muon,
 and the bench's synthetic drift (:mod:`aurora_opt.bench`). Each step's direction U is compared with
-exact Aurora of the same momentum (float64, exact SVD polar factor, 100 Gram steps):
+exact Aurora of the same momentum (float64, exact SVD polar factor, rows balanced to 1e-12:
+:func:`aurora_opt.bench.exact_aurora`):
 ‖U − U*‖_F/‖U*‖_F, averaged and worst over the steps and non-square matrices, and the worst row error
 max_i |‖U_i‖²/mean_j ‖U_j‖² − 1|. Variants: fp32 Gram products (``torch.float32``), bf16 and fp16
 inputs with fp32 sums (the CPU computes the same arithmetic as CUDA's tensor cores, slower), and, as
@@ -23,22 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 import aurora_opt.optim.aurora as aurora_module
 from aurora_opt import Aurora
 from aurora_opt.bench import (
     Recording,
+    exact_aurora,
     gpt_shapes,
     machine_description,
     record_training,
     start_from,
     synthetic_recording,
 )
-from aurora_opt.matrices import tall
 from aurora_opt.optim import sync_free
 from aurora_opt.optim._spectral import adjust_lr
-from aurora_opt.polar import svd_polar
 from aurora_opt.provenance import code_line, provenance, write_result
 
 #: variant → Aurora's gram_matmul_dtype (None: the bf16 Gram matrix ablation, see rounded_gram_matrix)
@@ -60,12 +59,6 @@ def rounded_gram_matrix() -> Iterator[None]:
         yield
     finally:
         aurora_module.matmul_fp32 = real
-
-
-def exact_aurora(M: Tensor) -> Tensor:
-    X, transposed = tall(M.double().unsqueeze(0))
-    U, _ = aurora_module.balanced_polar(X, orthogonalize=svd_polar, steps=100, beta=None, eps=1e-7)
-    return U[0].mT if transposed else U[0]
 
 
 def replay(recorded: Recording, matmul_dtype: torch.dtype | None) -> dict[str, float]:

@@ -10,7 +10,10 @@ every timing it reports the accuracy of the update direction U (oriented tall, m
   the polar backend to lift (Polar Express in fp32: σ/σ_max ≲ 1e-4), which the smallest
   mean ‖U_i‖²·m/n over the matrices shows (JSON ``row_share_min``);
 - ⟨M, U⟩/⟨M, polar(M)⟩, with polar(M) exact, i.e. ⟨M, U⟩ over the nuclear norm ‖M‖_* (1 for an
-  exact Muon step; Aurora gives a little up for the row constraint).
+  exact Muon step; Aurora gives a little up for the row constraint);
+- the distance ‖U − U*‖_F/‖U*‖_F to exact Aurora U* (float64, exact polar factor, rows balanced to
+  1e-12: :func:`exact_aurora`), over the non-square matrices: how much of Aurora's direction a
+  cheaper balancing or backend gives up.
 
 The GPT is timed twice: on synthetic gradients (fresh noise every step around a fixed signal) and on
 momenta recorded from training it with Muon on the embedded corpus (``--train-steps``), which are
@@ -42,10 +45,11 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .matrices import tall
 from .optim import Aurora, Muon, RiemannianAurora, SpectralOptimizer, lookahead_momentum
 from .optim._spectral import ADAMW
 from .optim.aurora import balanced_polar, row_uniformity_error
-from .polar import DEFAULT_POLAR, get_polar
+from .polar import DEFAULT_POLAR, get_polar, svd_polar
 from .provenance import commit_label, provenance, write_result
 from .train.data import get_batch, stdlib_prefix
 from .train.gpt import GPT, GPTConfig
@@ -62,6 +66,8 @@ TRAINING_TEXT_BYTES = 1_000_000
 #: "aurora_reference" is the reference release's algorithm: K = 2 polar factors, β = 0.5, rows as computed.
 #: "*_qr": with ``polar_reduction="qr"`` (the polar factor of a matrix ≥ 2× taller than wide from its
 #: n×n triangular factor), compared with each other in :data:`REDUCED_PAIR`.
+#: "aurora_gram1": one Gram balancing step per optimizer step from the warm start, the row correction
+#: removing what it leaves (cheaper, further from exact Aurora: the distance column shows how far).
 OPTIMIZERS: dict[str, tuple[type[SpectralOptimizer], dict[str, Any]]] = {
     "muon": (Muon, {}),
     "muon_qr": (Muon, {"polar_reduction": "qr"}),
@@ -71,6 +77,7 @@ OPTIMIZERS: dict[str, tuple[type[SpectralOptimizer], dict[str, Any]]] = {
     ),
     "aurora": (Aurora, {}),
     "aurora_qr": (Aurora, {"polar_reduction": "qr"}),
+    "aurora_gram1": (Aurora, {"balance_steps": 1}),
     "riemannian_aurora": (RiemannianAurora, {}),
 }
 #: Aurora's cost over Muon's where both reduce their polar factors
@@ -143,12 +150,45 @@ def _make(name: str, shapes: list[tuple[int, int]], polar: str, device: torch.de
     return cls(params, lr=1.0, weight_decay=0.0, polar=polar, **kwargs), params
 
 
-def _accuracy(optimizer: SpectralOptimizer, params: list[Tensor], before: list[Tensor]) -> dict[str, float]:
-    """Row error, ⟨M, U⟩/‖M‖_* and mean ‖U_i‖²·m/n of the last step's directions (worst over the
-    matrices; the row error and row share over the non-square ones)."""
+#: exact Aurora (:func:`exact_aurora`): Gram balancing steps at most, and the row error they stop at
+EXACT_AURORA_STEPS = 100
+EXACT_AURORA_TOLERANCE = 1e-12
+
+
+def exact_aurora(M: Tensor) -> Tensor:
+    """Aurora's direction for one momentum M [m, n] (m ≠ n) in float64: the exact SVD polar factor
+    of D·M with D balanced until every row is within EXACT_AURORA_TOLERANCE of uniform (at most
+    EXACT_AURORA_STEPS Gram steps), no row correction: the point every fast variant approximates."""
+    X, transposed = tall(M.double().unsqueeze(0))
+    U, _ = balanced_polar(
+        X, orthogonalize=svd_polar, steps=EXACT_AURORA_STEPS, beta=None, eps=1e-7, tolerance=EXACT_AURORA_TOLERANCE
+    )
+    return U[0].mT if transposed else U[0]
+
+
+class _ExactAurora:
+    """:func:`exact_aurora` of each matrix's last momentum, computed once for all optimizers that
+    share it (every optimizer here sees the same gradients with the same momentum)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def __call__(self, index: int, M: Tensor) -> Tensor:
+        cached = self._cache.get(index)
+        if cached is None or not torch.equal(cached[0], M):
+            cached = self._cache[index] = (M, exact_aurora(M))
+        return cached[1]
+
+
+def _accuracy(
+    optimizer: SpectralOptimizer, params: list[Tensor], before: list[Tensor], exact: _ExactAurora
+) -> dict[str, float]:
+    """Row error, ⟨M, U⟩/‖M‖_*, mean ‖U_i‖²·m/n and the distance ‖U − U*‖_F/‖U*‖_F to exact Aurora
+    (:func:`exact_aurora`) of the last step's directions (worst over the matrices; the row error, row
+    share and distance over the non-square ones, the distance also averaged)."""
     group = optimizer.param_groups[0]
-    row_errors, alignments, row_shares = [], [], []
-    for p, old in zip(params, before):
+    row_errors, alignments, row_shares, distances = [], [], [], []
+    for index, (p, old) in enumerate(zip(params, before)):
         m, n = p.shape
         U = (old - p.detach()).double() / math.sqrt(max(1.0, m / n))
         buf = optimizer.state[p]["momentum_buffer"]
@@ -159,10 +199,14 @@ def _accuracy(optimizer: SpectralOptimizer, params: list[Tensor], before: list[T
         T = U if m > n else U.mT
         row_errors.append(float(row_uniformity_error(T.unsqueeze(0))))
         row_shares.append(float(T.square().sum() / T.size(-1)))
+        U_exact = exact(index, M)
+        distances.append(float((U - U_exact).norm() / U_exact.norm()))
     return {
         "row_error": max(row_errors, default=0.0),
         "alignment_min": min(alignments),
         "row_share_min": min(row_shares, default=1.0),
+        "aurora_distance_mean": statistics.fmean(distances) if distances else 0.0,
+        "aurora_distance_max": max(distances, default=0.0),
     }
 
 
@@ -226,13 +270,14 @@ def measure(
             if r > warmup:
                 times[name].append(time.perf_counter() - start)
     largest = max(p.numel() * p.element_size() for p in runs["muon"][1])
+    exact = _ExactAurora()
     results: dict[str, dict[str, float]] = {}
     for name, (optimizer, params) in runs.items():
         entry = {
             "seconds": min(times[name]),
             "median_seconds": statistics.median(times[name]),
             "timed_steps": len(times[name]),
-            **_accuracy(optimizer, params, before[name]),
+            **_accuracy(optimizer, params, before[name], exact),
         }
         entry["state_floats_per_param"] = _state_floats_per_param(optimizer, params)
         tracker = LiveBytes()
@@ -394,15 +439,15 @@ def machine_description(device: torch.device) -> str:
 
 def _format_table(rows: list[tuple[str, dict[str, dict[str, float]]]]) -> list[str]:
     lines = [
-        "| shape | optimizer | ms | × Muon | row error | ⟨M,U⟩/‖M‖_* | state floats/param "
-        "| extra peak (largest matrices) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shape | optimizer | ms | × Muon | row error | ⟨M,U⟩/‖M‖_* | distance to exact Aurora "
+        "| state floats/param | extra peak (largest matrices) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, results in rows:
         for name, e in results.items():
             lines.append(
                 f"| {label} | {name} | {1e3 * e['seconds']:.2f} | {e['ratio_to_muon']:.2f} | {e['row_error']:.1e} "
-                f"| {e['alignment_min']:.4f} | {e['state_floats_per_param']:.3f} "
+                f"| {e['alignment_min']:.4f} | {e['aurora_distance_mean']:.1e} | {e['state_floats_per_param']:.3f} "
                 f"| {e['extra_peak_over_muon_in_largest_matrices']:+.2f} |"
             )
     return lines
@@ -428,7 +473,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine: {report['machine']}. Polar backend: `{report['polar']}`. Interleaved round robin, "
         f"{report['warmup']} warm-up round(s), then ≥ {report['repeats']} timed rounds (more for fast shapes); "
         "ms = fastest step, × Muon = ratio of fastest steps; row error = max_i |‖U_i‖²/mean_j ‖U_j‖² − 1| "
-        "and ⟨M,U⟩/‖M‖_* of the last step (worst matrix); extra peak = peak memory allocated during a step "
+        "and ⟨M,U⟩/‖M‖_* of the last step (worst matrix); distance to exact Aurora = ‖U − U*‖_F/‖U*‖_F, U* "
+        "the float64 SVD polar factor of D·M with D balanced to 1e-12, mean over the non-square matrices; "
+        "extra peak = peak memory allocated during a step "
         "minus Muon's, in units of the largest matrix.",
         "",
         *_format_table(rows),
