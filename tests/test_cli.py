@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from aurora_opt.cli import DEFAULT_LRS, build_parser, main
+from aurora_opt.train.gpt import GPT
 from aurora_opt.train.report import difference, gain_trend, time_sentence
+from aurora_opt.train.trainer import TrainConfig, build_optimizers
 
 TINY = [
     "--steps",
@@ -84,6 +86,25 @@ def test_compare_writes_results_plots_and_report(tmp_path, text_file, capsys):
     assert main(["compare", "--data", str(text_file), "--out", str(out), "--resume", *TINY]) == 0
     again = json.loads((out / "results.json").read_text())
     assert [r["history"] for r in again["runs"]] == [r["history"] for r in results["runs"]]
+
+
+def test_optimizer_options_reach_the_optimizer_and_the_results(tmp_path, text_file, capsys):
+    out = tmp_path / "out"
+    argv = ["compare", "--optimizers", "muon,aurora", "--data", str(text_file), "--out", str(out), *TINY]
+    options = ["--option", "aurora.balance_steps=1", "--option", "aurora.row_correction=False"]
+    assert main([*argv, *options]) == 0
+    results = json.loads((out / "results.json").read_text())
+    check_results_shape(results, ["muon", "aurora"], steps=4)
+    assert results["config"]["options"] == {"aurora": {"balance_steps": 1, "row_correction": False}}
+    assert "Optimizer options: aurora balance_steps=1, row_correction=False." in (out / "report.md").read_text()
+    # a --resume must give the same options
+    assert main([*argv, "--resume"]) == 2
+    assert "options" in capsys.readouterr().err
+    # the trainer builds the optimizer with them
+    config = TrainConfig(optimizer="aurora", d_model=16, n_layer=1, n_head=2, options=results["config"]["options"])
+    (optimizer,) = build_optimizers(config, GPT(config.model_config()))
+    spectral = [g for g in optimizer.param_groups if g["algorithm"] != "adamw"]
+    assert spectral and all(g["balance_steps"] == 1 and g["row_correction"] is False for g in spectral)
 
 
 def test_matched_lr_and_torch_optimizers(tmp_path, text_file):
@@ -157,6 +178,13 @@ def _bad_shard(directory: Path) -> Path:
         (["compare", "--optimizers", "sgd"], "unknown optimizer 'sgd'"),
         (["compare", "--lr", "fast"], "--lr"),
         (["compare", "--d-model", "30", "--n-head", "4"], "multiple of n_head"),
+        (["compare", "--option", "aurora.balance_steps"], "expected OPTIMIZER.NAME=VALUE"),
+        (["compare", "--option", "aurora.balance_steps=one"], "not a Python literal"),
+        (["compare", "--option", "aurora.nonsense=1"], "invalid options for aurora"),
+        (["compare", "--option", "aurora.balance_steps=0"], "invalid options for aurora"),
+        (["compare", "--option", "aurora.balance_steps=[1]"], "expected a number, bool, None or string"),
+        (["compare", "--optimizers", "muon", "--option", "aurora.balance_steps=1"], "not among --optimizers"),
+        (["compare", "--optimizers", "adamw", "--option", "adamw.eps=1e-8"], "not an aurora-opt optimizer"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):

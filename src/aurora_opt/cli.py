@@ -9,7 +9,7 @@ saving a checkpoint (continue with ``--resume``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import ast
 import json
 import signal
 import sys
@@ -37,7 +37,7 @@ from .train.report import (
     sweep_summary,
     write_json,
 )
-from .train.trainer import RunResult, StopRequest, TrainConfig, optimizer_names, train
+from .train.trainer import RunResult, StopRequest, TrainConfig, optimizer_names, settings_dict, train
 
 DEFAULT_OPTIMIZERS = ("muon", "normuon", "unormuon", "aurora")
 #: lr of each optimizer in ``compare`` unless ``--lr`` says otherwise: the library defaults, each the
@@ -104,6 +104,14 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int) -> No
         "--adamw-lr", type=float, default=d.adamw_lr, help="lr of embeddings, head and norms (all optimizers)"
     )
     g.add_argument("--device", default=d.device, help="cpu (fp32) or cuda (bf16 autocast)")
+    g.add_argument(
+        "--option",
+        action="append",
+        default=None,
+        metavar="OPTIMIZER.NAME=VALUE",
+        help="a constructor option of one optimizer, e.g. aurora.balance_steps=1 (the value a Python number, "
+        "True, False, None or quoted string); repeatable",
+    )
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps between recorded diagnostics")
     g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation losses")
     g.add_argument("--eval-batches", type=int, default=d.eval_batches)
@@ -135,6 +143,7 @@ def _run_config(args: argparse.Namespace, **fields: Any) -> TrainConfig:
         eval_batches=args.eval_batches,
         diag_every=args.diag_every,
         checkpoint_every=args.checkpoint_every,
+        options=_parse_options(args.option),
     )
     base.update(fields)
     try:
@@ -193,6 +202,28 @@ def _parse_sweep_lrs(texts: list[str] | None, optimizers: list[str]) -> dict[str
         else:
             shared = lrs
     return {name: own.get(name, shared) for name in optimizers}
+
+
+def _parse_options(texts: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``--option OPTIMIZER.NAME=VALUE`` (repeatable) → {optimizer: {name: value}}."""
+    options: dict[str, dict[str, Any]] = {}
+    for text in texts or []:
+        target, sep, value_text = text.partition("=")
+        optimizer, dot, name = target.strip().partition(".")
+        if not (sep and dot and optimizer and name.isidentifier()):
+            raise UsageError(f"--option: expected OPTIMIZER.NAME=VALUE, got {text!r}")
+        try:
+            value = ast.literal_eval(value_text.strip())
+        except (ValueError, SyntaxError):
+            raise UsageError(f"--option {text}: the value is not a Python literal (quote strings)") from None
+        options.setdefault(optimizer, {})[name] = value
+    return options
+
+
+def _check_options(options: dict[str, dict[str, Any]], optimizers: list[str]) -> None:
+    for name in options:
+        if name not in optimizers:
+            raise UsageError(f"--option: {name!r} is not among --optimizers")
 
 
 def _check_optimizers(names: list[str]) -> list[str]:
@@ -280,7 +311,7 @@ class Runner:
 def _settings(args: argparse.Namespace, corpus: Corpus) -> dict[str, Any]:
     """What every run of a command shares and a ``--resume`` must match: the training settings
     except the grid axes and checkpoint interval, and the data."""
-    settings = dataclasses.asdict(_run_config(args))
+    settings = settings_dict(_run_config(args))
     for key in (*GRID_FIELDS, *BOOKKEEPING_FIELDS):
         settings.pop(key)
     settings["data"] = corpus.describe()
@@ -367,6 +398,7 @@ def _results(
 
 def run_compare(args: argparse.Namespace) -> int:
     optimizers = _check_optimizers(args.optimizers)
+    _check_options(_parse_options(args.option), optimizers)
     lrs, lr_source = _parse_lrs(args.lr, optimizers)
     leverage_steps = args.leverage_steps or sorted({max(1, args.steps // 10), max(1, args.steps // 2), args.steps})
     grid = [
@@ -416,6 +448,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def run_sweep(args: argparse.Namespace) -> int:
     optimizers = _check_optimizers(args.optimizers)
+    _check_options(_parse_options(args.option), optimizers)
     lrs = _parse_sweep_lrs(args.lrs, optimizers)
     cells = [
         (e, name, lr, seed) for e in args.expansions for name in optimizers for lr in lrs[name] for seed in args.seeds

@@ -64,6 +64,17 @@ def time_sentence(results: dict[str, Any]) -> str:
     )
 
 
+def options_sentence(config: dict[str, Any]) -> str:
+    """The optimizers' extra constructor options (``--option``), or "" where there were none."""
+    options = config.get("options") or {}
+    if not options:
+        return ""
+    listed = "; ".join(
+        f"{name} " + ", ".join(f"{key}={value!r}" for key, value in kwargs.items()) for name, kwargs in options.items()
+    )
+    return f"Optimizer options: {listed}."
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write atomically (temporary file, then rename)."""
     temporary = path.with_name(f".{path.name}.tmp")
@@ -228,7 +239,7 @@ def compare_report(results: dict[str, Any]) -> str:
         f"Model: byte-level GPT, {cfg['n_layer']} layers, d_model {cfg['d_model']}, {cfg['mlp']} MLP with expansion "
         f"{cfg['mlp_expansion']} ({cfg['num_params']:,} parameters); {cfg['steps']} steps of {cfg['batch_size']}×"
         f"{cfg['seq_len']} tokens; seed {cfg['seed']}; data: {cfg['data']['source']}.",
-        f"Learning rates: {cfg['lr_source']}. {time_sentence(results)}",
+        " ".join(filter(None, (f"Learning rates: {cfg['lr_source']}.", options_sentence(cfg), time_sentence(results)))),
         machine_sentence(results),
         "",
         "| optimizer | lr | weight decay | final val loss | starved rows | inactive units | s/step |",
@@ -510,13 +521,14 @@ def plot_sweep(out: Path, summary: list[dict[str, Any]]) -> list[Path]:
 
 def sweep_report(results: dict[str, Any], summary: list[dict[str, Any]]) -> str:
     cfg = results["config"]
+    data = " ".join(filter(None, (f"data: {cfg['data']['source']}.", options_sentence(cfg))))
     lines = [
         "# aurora-opt sweep",
         "",
         f"Byte-level GPT, {cfg['n_layer']} layers, d_model {cfg['d_model']}, {cfg['mlp']} MLP; {cfg['steps']} steps of "
         f"{cfg['batch_size']}×{cfg['seq_len']} tokens; seeds {cfg['seeds']}; weight decay "
         f"{'each optimizer' + chr(39) + 's default' if cfg['weight_decay'] is None else cfg['weight_decay']}; "
-        f"data: {cfg['data']['source']}.",
+        f"{data}",
         time_sentence(results),
         machine_sentence(results),
         "",

@@ -41,6 +41,9 @@ class TrainConfig:
     Batches depend only on (seed, step), so every optimizer sees the same data in the same order.
     The model's defaults are :class:`GPTConfig`'s; these defaults are also the command line's.
     ``checkpoint_every`` applies only when :func:`train` is given a checkpoint directory.
+    ``options`` maps an aurora-opt optimizer's name to more keyword arguments of its constructor
+    (numbers, bools, None or strings, e.g. ``{"aurora": {"balance_steps": 1}}``); they apply whenever
+    that optimizer runs.
     """
 
     optimizer: str = "aurora"
@@ -63,6 +66,7 @@ class TrainConfig:
     diag_every: int = 1
     leverage_steps: tuple[int, ...] = ()
     checkpoint_every: int = 100
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.optimizer not in optimizer_names():
@@ -75,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"invalid checkpoint_every: {self.checkpoint_every!r} (expected ≥ 0; 0 = never)")
         self.leverage_steps = tuple(int(s) for s in self.leverage_steps)
         self.model_config()  # validates the model shape
+        for name, kwargs in self.options.items():
+            _check_options(name, kwargs)
 
     def model_config(self, vocab_size: int = 256) -> GPTConfig:
         return GPTConfig(
@@ -95,6 +101,22 @@ class TrainConfig:
             signature = inspect.signature(OPTIMIZERS[self.optimizer].__init__)
             lr, wd = signature.parameters["lr"].default, signature.parameters["weight_decay"].default
         return (lr if self.lr is None else self.lr, wd if self.weight_decay is None else self.weight_decay)
+
+
+def _check_options(name: str, kwargs: Any) -> None:
+    """Raise ValueError unless ``kwargs`` are valid, JSON-representable keyword arguments of the
+    aurora-opt optimizer ``name`` (checked by building it on one small matrix)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"invalid options: {name!r} is not an aurora-opt optimizer (one of {', '.join(OPTIMIZERS)})")
+    if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
+        raise ValueError(f"invalid options for {name}: {kwargs!r} (expected a dict of keyword arguments)")
+    for key, value in kwargs.items():
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise ValueError(f"invalid option {name}.{key}: {value!r} (expected a number, bool, None or string)")
+    try:
+        OPTIMIZERS[name]([torch.nn.Parameter(torch.zeros(4, 2))], **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"invalid options for {name}: {err}") from None
 
 
 @dataclass
@@ -155,13 +177,23 @@ def build_optimizers(config: TrainConfig, model: GPT) -> list[Optimizer]:
             torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay),
             torch.optim.AdamW(others, lr=config.adamw_lr, betas=(0.9, 0.95), weight_decay=0.0),
         ]
-    return [OPTIMIZERS[config.optimizer](groups, lr=lr, weight_decay=weight_decay, adamw_lr=config.adamw_lr)]
+    options = config.options.get(config.optimizer, {})
+    return [OPTIMIZERS[config.optimizer](groups, lr=lr, weight_decay=weight_decay, adamw_lr=config.adamw_lr, **options)]
+
+
+def settings_dict(config: TrainConfig) -> dict[str, Any]:
+    """``config`` as a dict, without ``options`` where there are none (as written before it existed,
+    so that those checkpoints and settings still match)."""
+    fields = dataclasses.asdict(config)
+    if not fields["options"]:
+        del fields["options"]
+    return fields
 
 
 def _config_key(config: TrainConfig) -> dict[str, Any]:
     """The fields a checkpoint must agree on to be resumed (all but bookkeeping intervals)."""
     skip = {"checkpoint_every", "device"}
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
+    return {k: v for k, v in settings_dict(config).items() if k not in skip}
 
 
 def autocast_for(device: torch.device) -> Callable[[], Any]:
