@@ -7,7 +7,7 @@ low-rank signal with unequal rows plus new Gaussian noise, so the momentum drift
   (Polar Express also as Q·polar(R), ``/qr``);
 - ``matrices``: ``optimizer.step()`` on one matrix for GPT-2 124M and 1B/8B-class MLP and attention
   shapes: Muon, NorMuon, U-NorMuon, Aurora (same backend; Aurora also with fp32 Gram steps instead
-  of its default bf16 Gram products), median and fastest step, ratio to Muon, Aurora's row error
+  of its default bf16 Gram products, and with one Gram step instead of two), median and fastest step, ratio to Muon, Aurora's row error
   max_i |‖U_i‖²·m/n − 1|, peak memory allocated during the step;
 - ``compiled``: the same for a few shapes with ``torch.compile(optimizer.step, fullgraph=True)``;
 - ``model``: the whole training step (forward, backward, optimizer) of a 124M SwiGLU GPT under bf16
@@ -55,13 +55,15 @@ COMPILED_SHAPES = ["124M mlp in", "1B mlp in", "8B mlp in"]
 POLAR_SHAPES = ["124M mlp in", "1B mlp in"]
 QUICK_SHAPES = [("quick tall", (48, 16)), ("quick wide", (16, 48))]
 #: the optimizers of the per-matrix sections: label → (registry name, keyword arguments); Aurora also
-#: with full-precision Gram steps, to measure what its default bf16 Gram products (on CUDA) save
+#: with full-precision Gram steps, to measure what its default bf16 Gram products (on CUDA) save, and
+#: with one Gram step per optimizer step instead of CUDA's default two
 SPECTRAL: dict[str, tuple[str, dict[str, Any]]] = {
     "muon": ("muon", {}),
     "normuon": ("normuon", {}),
     "unormuon": ("unormuon", {}),
     "aurora": ("aurora", {}),
     "aurora_fp32_gram": ("aurora", {"gram_matmul_dtype": torch.float32}),
+    "aurora_gram1": ("aurora", {"balance_steps": 1}),
 }
 
 
@@ -188,7 +190,8 @@ def bench_matrices(shapes, args, device, *, compiled: bool) -> list[dict[str, An
             f"{label} {shape} {'compiled' if compiled else 'eager'}: Muon {muon['median_ms']:.3f} ms, Aurora "
             f"{aurora['median_ratio_to_muon']:.3f}× (min {aurora['min_ratio_to_muon']:.3f}×), "
             f"row error {aurora['row_error']:.1e}; with fp32 Gram steps "
-            f"{entry['optimizers']['aurora_fp32_gram']['median_ratio_to_muon']:.3f}×",
+            f"{entry['optimizers']['aurora_fp32_gram']['median_ratio_to_muon']:.3f}×, with one Gram step "
+            f"{entry['optimizers']['aurora_gram1']['median_ratio_to_muon']:.3f}×",
             flush=True,
         )
         del params, optimizers, steps
@@ -333,9 +336,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             f"Per-matrix `optimizer.step()`, {'compiled (fullgraph)' if section == 'compiled' else 'eager'}:",
             "",
-            "| shape | Muon ms | NorMuon × | U-NorMuon × | Aurora × | Aurora, fp32 Gram × | Aurora row error "
-            "| Aurora extra peak MiB |",
-            "|---|---|---|---|---|---|---|---|",
+            "| shape | Muon ms | NorMuon × | U-NorMuon × | Aurora × | Aurora, fp32 Gram × | Aurora, 1 Gram step × "
+            "| Aurora row error | Aurora extra peak MiB |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for entry in report[section]:
             o = entry["optimizers"]
@@ -349,6 +352,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {o['normuon']['median_ratio_to_muon']:.3f} | {o['unormuon']['median_ratio_to_muon']:.3f} "
                 f"| {o['aurora']['median_ratio_to_muon']:.3f} ({o['aurora']['min_ratio_to_muon']:.3f}) "
                 f"| {o['aurora_fp32_gram']['median_ratio_to_muon']:.3f} "
+                f"| {o['aurora_gram1']['median_ratio_to_muon']:.3f} "
                 f"| {o['aurora']['row_error']:.1e} | {extra} |"
             )
         lines.append("")
