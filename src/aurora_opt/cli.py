@@ -220,7 +220,7 @@ def _parse_options(texts: list[str] | None) -> dict[str, dict[str, Any]]:
     return options
 
 
-def _check_options(options: dict[str, dict[str, Any]], optimizers: list[str]) -> None:
+def _check_option_targets(options: dict[str, dict[str, Any]], optimizers: list[str]) -> None:
     for name in options:
         if name not in optimizers:
             raise UsageError(f"--option: {name!r} is not among --optimizers")
@@ -398,7 +398,7 @@ def _results(
 
 def run_compare(args: argparse.Namespace) -> int:
     optimizers = _check_optimizers(args.optimizers)
-    _check_options(_parse_options(args.option), optimizers)
+    _check_option_targets(_parse_options(args.option), optimizers)
     lrs, lr_source = _parse_lrs(args.lr, optimizers)
     leverage_steps = args.leverage_steps or sorted({max(1, args.steps // 10), max(1, args.steps // 2), args.steps})
     grid = [
@@ -448,7 +448,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def run_sweep(args: argparse.Namespace) -> int:
     optimizers = _check_optimizers(args.optimizers)
-    _check_options(_parse_options(args.option), optimizers)
+    _check_option_targets(_parse_options(args.option), optimizers)
     lrs = _parse_sweep_lrs(args.lrs, optimizers)
     cells = [
         (e, name, lr, seed) for e in args.expansions for name in optimizers for lr in lrs[name] for seed in args.seeds
