@@ -15,7 +15,7 @@ import torch
 from aurora_opt.cli import DEFAULT_LRS, build_parser, main
 from aurora_opt.train.gpt import GPT
 from aurora_opt.train.report import difference, gain_trend, time_sentence
-from aurora_opt.train.trainer import TrainConfig, build_optimizers
+from aurora_opt.train.trainer import TrainConfig, build_optimizers, settings_dict
 
 TINY = [
     "--steps",
@@ -105,6 +105,8 @@ def test_optimizer_options_reach_the_optimizer_and_the_results(tmp_path, text_fi
     (optimizer,) = build_optimizers(config, GPT(config.model_config()))
     spectral = [g for g in optimizer.param_groups if g["algorithm"] != "adamw"]
     assert spectral and all(g["balance_steps"] == 1 and g["row_correction"] is False for g in spectral)
+    # without options, settings and checkpoint keys are written as before options existed
+    assert "options" not in settings_dict(TrainConfig()) and settings_dict(config)["options"] == config.options
 
 
 def test_matched_lr_and_torch_optimizers(tmp_path, text_file):
