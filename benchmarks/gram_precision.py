@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 import aurora_opt.optim.aurora as aurora_module
 from aurora_opt import Aurora
@@ -38,6 +39,7 @@ from aurora_opt.bench import (
 )
 from aurora_opt.optim import sync_free
 from aurora_opt.optim._spectral import adjust_lr
+from aurora_opt.optim.aurora import row_uniformity_error
 from aurora_opt.provenance import code_line, provenance, write_result
 
 #: variant → Aurora's gram_matmul_dtype (None: the bf16 Gram matrix ablation, see rounded_gram_matrix)
@@ -61,7 +63,22 @@ def rounded_gram_matrix() -> Iterator[None]:
         aurora_module.matmul_fp32 = real
 
 
-def replay(recorded: Recording, matmul_dtype: torch.dtype | None) -> dict[str, float]:
+def exact_directions(recorded: Recording) -> list[list[Tensor | None]]:
+    """Exact Aurora (:func:`aurora_opt.bench.exact_aurora`) of every round's Nesterov momentum, per
+    matrix (None for square ones): the same for every variant, so computed once per recording."""
+    buffers = [b.clone() for b in recorded.momentum_buffers]
+    directions = []
+    for gradients in recorded.gradients:
+        row = []
+        for buffer, g in zip(buffers, gradients):
+            buffer.lerp_(g, 1 - MOMENTUM)  # this step's buffer
+            M = g.lerp(buffer, MOMENTUM)  # the Nesterov input of the direction
+            row.append(None if M.size(0) == M.size(1) else exact_aurora(M))
+        directions.append(row)
+    return directions
+
+
+def replay(recorded: Recording, matmul_dtype: torch.dtype | None, exact: list[list[Tensor | None]]) -> dict[str, float]:
     params = [torch.nn.Parameter(torch.zeros_like(g)) for g in recorded.gradients[0]]
     for p in params:
         p.grad = torch.zeros_like(p)
@@ -75,25 +92,20 @@ def replay(recorded: Recording, matmul_dtype: torch.dtype | None) -> dict[str, f
     )
     start_from(optimizer, params, recorded)
     distances, row_errors = [], []
-    for gradients in recorded.gradients:
+    for gradients, exact_round in zip(recorded.gradients, exact):
         before = [p.detach().clone() for p in params]
-        momenta = []
         for p, g in zip(params, gradients):
             p.grad.copy_(g)
-            buffer = optimizer.state[p]["momentum_buffer"].lerp(g, 1 - MOMENTUM)  # this step's buffer
-            momenta.append(g.lerp(buffer, MOMENTUM))  # the Nesterov input of the direction
         with sync_free(), rounded_gram_matrix() if matmul_dtype is None else contextlib.nullcontext():
             optimizer.step()
-        for p, b, M in zip(params, before, momenta):
-            m, n = p.shape
-            if m == n:
+        for p, b, U_exact in zip(params, before, exact_round):
+            if U_exact is None:
                 continue
+            m, n = p.shape
             U = (b - p.detach()).double() / float(adjust_lr(1.0, None, m, n))
-            exact = exact_aurora(M)
-            distances.append(float((U - exact).norm() / exact.norm()))
+            distances.append(float((U - U_exact).norm() / U_exact.norm()))
             rows = U if m > n else U.mT
-            leverage = rows.square().sum(dim=1)
-            row_errors.append(float((leverage / leverage.mean() - 1).abs().max()))
+            row_errors.append(float(row_uniformity_error(rows.unsqueeze(0))))
     return {
         "mean_distance": statistics.fmean(distances),
         "max_distance": max(distances),
@@ -148,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, recorded in recordings.items():
         results = report["recordings"][name] = {}
+        exact = exact_directions(recorded)
         for variant, matmul_dtype in VARIANTS.items():
-            results[variant] = replay(recorded, matmul_dtype)
+            results[variant] = replay(recorded, matmul_dtype, exact)
             r = results[variant]
             print(f"{name} | {variant}: mean {r['mean_distance']:.3e}, worst {r['max_distance']:.3e}", flush=True)
     write_result(args.out, "gram_precision", report, markdown(report))

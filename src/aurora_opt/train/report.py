@@ -527,8 +527,7 @@ def sweep_report(results: dict[str, Any], summary: list[dict[str, Any]]) -> str:
         "",
         f"Byte-level GPT, {cfg['n_layer']} layers, d_model {cfg['d_model']}, {cfg['mlp']} MLP; {cfg['steps']} steps of "
         f"{cfg['batch_size']}×{cfg['seq_len']} tokens; seeds {cfg['seeds']}; weight decay "
-        f"{'each optimizer' + chr(39) + 's default' if cfg['weight_decay'] is None else cfg['weight_decay']}; "
-        f"{data}",
+        f"{'each optimizer' + chr(39) + 's default' if cfg['weight_decay'] is None else cfg['weight_decay']}; {data}",
         time_sentence(results),
         machine_sentence(results),
         "",
