@@ -235,7 +235,7 @@ def bench_polar(shapes, args, device) -> list[dict[str, Any]]:
 def bench_model(args, device) -> dict[str, Any]:
     """Whole training step of a SwiGLU GPT (forward + backward + optimizer) under bf16 autocast."""
     if args.quick:
-        config = GPTConfig(vocab_size=256, seq_len=32, n_layer=2, n_head=2, d_model=32, mlp_expansion=4)
+        config = GPTConfig(vocab_size=256, seq_len=32, n_layer=1, n_head=2, d_model=32, mlp_expansion=4)
         batch = 2
     else:
         config = GPTConfig(vocab_size=50304, seq_len=1024, n_layer=12, n_head=12, d_model=768, mlp_expansion=4)
