@@ -69,7 +69,7 @@ def aurora_direction(M: Tensor, balance_steps: int, beta: float, eps: float, row
     """D₀ = 1/‖M_i‖; U_k = polar(D_k M); D_{k+1,i} = D_{k,i}(ℓ̄/ℓ_i)^β over the nonzero rows.
 
     ``row_correction``: finally U_i ← U_i·sqrt(ℓ̄/ℓ_i) over the nonzero rows, the factor clamped to
-    [1/1.25, 1.25].
+    [1/1.5, 1.5].
     """
     m, n = M.shape
     if m == n:
@@ -91,7 +91,7 @@ def aurora_direction(M: Tensor, balance_steps: int, beta: float, eps: float, row
         lev = [U[i].dot(U[i]).item() for i in range(m)]
         mean = sum(l for l, ok in zip(lev, active) if ok) / sum(active)
         for i in range(m):
-            U[i] = U[i] * min(max((mean / lev[i]) ** 0.5, 0.8), 1.25) if active[i] else 0.0
+            U[i] = U[i] * min(max((mean / lev[i]) ** 0.5, 1 / 1.5), 1.5) if active[i] else 0.0
     return U
 
 

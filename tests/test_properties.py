@@ -352,7 +352,7 @@ def test_aurora_many_balancing_steps_in_bf16_stay_semi_orthogonal() -> None:
     the default Gram-matrix balancing keeps it semi-orthogonal. The balancing is under test, so without
     the row correction: the bf16 Polar Express factor of this balanced 12×2 matrix is 1.1 (relative) off
     the exact one, its rows 0.36 to 1.9 of the mean, and rescaling them to uniform (factors clamped to
-    [0.8, 1.25]) moves its singular values to about 0.9 and 1.08."""
+    [1/1.5, 1.5]) moves its singular values to about 0.87 and 1.11."""
     grad = spectral_matrix(12, 2, 2, 2.0, 1.0, 0).to(torch.bfloat16)
     U = one_step_direction(
         "aurora", grad, polar_dtype=torch.bfloat16, balance_steps=AURORA_CONVERGED_STEPS, row_correction=False
