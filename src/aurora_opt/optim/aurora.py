@@ -503,9 +503,9 @@ Aurora.__doc__ = rf"""Aurora: leverage-aware spectral descent (Tilde Research, a
             and under ``torch.compile``, where stopping early would need a host synchronization, 2
             there with a bf16/fp16 polar factor, whose own error dominates);
             ``"polar"``: K, the number of polar factors computed (default 2). Fewer Gram steps
-            cost less but can leave rows further from uniform than the row correction (factors
-            within 1.5) removes: one step on momenta recorded from training a small GPT left rows
-            up to 7.4e-2 off (README, "Fast Aurora").
+            cost less and leave more to the row correction (factors within 1.5), which makes the
+            rows uniform but not the direction Aurora's: one step per optimizer step put it 20×
+            further from exact Aurora on the bench's drifting momenta (README, "Fast Aurora").
         balance_beta (float or None): β, the exponent of the balancing step, in (0, 1]; ``None``
             (the default for ``"gram"``) takes the diagonal Newton step β = 0.5/(1 − ℓ̄), ℓ̄ = n/m
             for a full-rank tall matrix, capped near 1; 0.5 for ``"polar"``.
