@@ -109,6 +109,18 @@ def test_optimizer_options_reach_the_optimizer_and_the_results(tmp_path, text_fi
     assert "options" not in settings_dict(TrainConfig()) and settings_dict(config)["options"] == config.options
 
 
+def test_dtype_options_take_dtype_names():
+    """``*_dtype`` options are given by name (JSON in settings and results) and reach the optimizer
+    as dtypes: the arithmetic CUDA's default runs, chosen on the CPU."""
+    options = {"aurora": {"polar_dtype": "bfloat16", "gram_matmul_dtype": "torch.float32"}}
+    config = TrainConfig(optimizer="aurora", d_model=16, n_layer=1, n_head=2, options=options)
+    (optimizer,) = build_optimizers(config, GPT(config.model_config()))
+    spectral = [g for g in optimizer.param_groups if g["algorithm"] != "adamw"]
+    assert spectral and all(g["polar_dtype"] is torch.bfloat16 for g in spectral)
+    assert all(g["gram_matmul_dtype"] is torch.float32 for g in spectral)
+    assert json.loads(json.dumps(settings_dict(config)))["options"] == options
+
+
 def test_matched_lr_and_torch_optimizers(tmp_path, text_file):
     out = tmp_path / "out"
     argv = ["compare", "--optimizers", "adamw,torch_muon", "--lr", "0.01", "--data", str(text_file), "--out", str(out)]
@@ -185,6 +197,7 @@ def _bad_shard(directory: Path) -> Path:
         (["compare", "--option", "aurora.nonsense=1"], "invalid options for aurora"),
         (["compare", "--option", "aurora.balance_steps=0"], "invalid options for aurora"),
         (["compare", "--option", "aurora.balance_steps=[1]"], "expected a number, bool, None or string"),
+        (["compare", "--option", "aurora.polar_dtype='bf16'"], "expected one of float32, float64, bfloat16"),
         (["compare", "--optimizers", "muon", "--option", "aurora.balance_steps=1"], "not among --optimizers"),
         (["compare", "--optimizers", "adamw", "--option", "adamw.eps=1e-8"], "not an aurora-opt optimizer"),
     ],

@@ -43,7 +43,8 @@ class TrainConfig:
     ``checkpoint_every`` applies only when :func:`train` is given a checkpoint directory.
     ``options`` maps an aurora-opt optimizer's name to more keyword arguments of its constructor
     (numbers, bools, None or strings, e.g. ``{"aurora": {"balance_steps": 1}}``); they apply whenever
-    that optimizer runs.
+    that optimizer runs. An option named ``*_dtype`` takes a dtype's name (``"bfloat16"``, see
+    :data:`OPTION_DTYPES`), so that the options stay JSON.
     """
 
     optimizer: str = "aurora"
@@ -103,6 +104,30 @@ class TrainConfig:
         return (lr if self.lr is None else self.lr, wd if self.weight_decay is None else self.weight_decay)
 
 
+#: the dtype names an ``*_dtype`` option may take (with or without a ``torch.`` prefix)
+OPTION_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def optimizer_kwargs(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The constructor keyword arguments of an optimizer's ``options``: an ``*_dtype`` option's name
+    of a dtype becomes that dtype; ValueError for a name not in :data:`OPTION_DTYPES`."""
+    kwargs = dict(options)
+    for key, value in options.items():
+        if key.endswith("_dtype") and isinstance(value, str):
+            dtype = OPTION_DTYPES.get(value.removeprefix("torch."))
+            if dtype is None:
+                raise ValueError(
+                    f"invalid option {name}.{key}: {value!r} (expected one of {', '.join(OPTION_DTYPES)} or None)"
+                )
+            kwargs[key] = dtype
+    return kwargs
+
+
 def _check_options(name: str, kwargs: Any) -> None:
     """Raise ValueError unless ``kwargs`` are valid, JSON-representable keyword arguments of the
     aurora-opt optimizer ``name`` (checked by building it on one small matrix)."""
@@ -114,7 +139,7 @@ def _check_options(name: str, kwargs: Any) -> None:
         if value is not None and not isinstance(value, (bool, int, float, str)):
             raise ValueError(f"invalid option {name}.{key}: {value!r} (expected a number, bool, None or string)")
     try:
-        OPTIMIZERS[name]([torch.nn.Parameter(torch.zeros(4, 2))], **kwargs)
+        OPTIMIZERS[name]([torch.nn.Parameter(torch.zeros(4, 2))], **optimizer_kwargs(name, kwargs))
     except (TypeError, ValueError) as err:
         raise ValueError(f"invalid options for {name}: {err}") from None
 
@@ -177,7 +202,7 @@ def build_optimizers(config: TrainConfig, model: GPT) -> list[Optimizer]:
             torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay),
             torch.optim.AdamW(others, lr=config.adamw_lr, betas=(0.9, 0.95), weight_decay=0.0),
         ]
-    options = config.options.get(config.optimizer, {})
+    options = optimizer_kwargs(config.optimizer, config.options.get(config.optimizer, {}))
     return [OPTIMIZERS[config.optimizer](groups, lr=lr, weight_decay=weight_decay, adamw_lr=config.adamw_lr, **options)]
 
 
