@@ -155,6 +155,13 @@ def set_grads(params: Iterable[Tensor], seed: int) -> None:
         p.grad = torch.randn(p.shape, generator=generator).to(p.dtype)
 
 
+#: a first Cholesky ridge (relative to the trace) far below fp32 rounding, for tests of the retry:
+#: at polar.GRAM_RIDGE itself (1e-7, about the rounding) the first factorization of an exactly rank-1
+#: fp32 Gram matrix failed for 9–10 of 20 seeds with AVX-512 kernels and 0–3 of 20 with AVX2 ones,
+#: at this ridge for 20 of 20 with either (64 to 4096 rows)
+FAILING_RIDGE = 1e-12
+
+
 #: max_i |ℓ_i/ℓ̄ − 1| of Riemannian Aurora's direction with an accurate polar factor (fp32 or
 #: float64): it retracts to rows within aurora.BALANCE_TOLERANCE = 1e-3 at every accepted step; 2e-3 leaves
 #: room for the fp32 polar factor's error on top and for balancings that end at balance_steps

@@ -19,7 +19,7 @@ from aurora_opt.optim.aurora import (
     row_uniformity_error,
 )
 from aurora_opt.polar import GRAM_RIDGE, make_orthogonalizer, polar_express, svd_polar
-from reference import RIEMANNIAN_ROW_TOLERANCE, unequal_rows
+from reference import FAILING_RIDGE, RIEMANNIAN_ROW_TOLERANCE, unequal_rows
 
 #: float64 with the exact SVD polar: agreement is limited by rounding over tens of iterations
 EXACT_TOL = 1e-9
@@ -445,12 +445,14 @@ def test_row_correction_covers_what_two_gram_steps_leave():
     assert row_uniformity_error(corrected).item() <= CORRECTED_ROW_TOLERANCE
 
 
-def test_sync_free_gram_leverage_survives_a_failed_cholesky():
+def test_sync_free_gram_leverage_survives_a_failed_cholesky(monkeypatch):
     """Without host syncs a failed factorization is retried once at ridge 1 (always positive definite):
     a batch holding an exactly rank-1 and a full-rank matrix gives finite leverage for both, and the
-    full-rank one the same as in eager mode (its factorization did not fail)."""
+    full-rank one the same as in eager mode (its factorization did not fail). The first ridge is
+    FAILING_RIDGE, so that the rank-1 one fails first on every CPU."""
     from aurora_opt.optim import sync_free
 
+    monkeypatch.setitem(GRAM_RIDGE, torch.float32, FAILING_RIDGE)
     g = torch.Generator().manual_seed(0)
     rank1 = torch.randn(64, 1, generator=g) @ torch.randn(1, 16, generator=g)
     X = torch.stack([torch.cat([rank1, 0.5 * rank1]), torch.randn(128, 16, generator=g)])

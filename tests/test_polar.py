@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from aurora_opt.polar import (
-    GRAM_RIDGE,
     POLAR_BACKENDS,
     QR_REDUCTION_MIN_ASPECT,
     cholesky_qr,
@@ -18,7 +17,7 @@ from aurora_opt.polar import (
     shifted_cholesky,
 )
 from aurora_opt.sync import sync_free
-from reference import exact_polar
+from reference import FAILING_RIDGE, exact_polar
 
 # Test matrices have singular values spread over one decade (σ_min/σ_max = 0.1), well inside what
 # every backend is built for, so errors measure the iteration rather than an out-of-range input.
@@ -243,16 +242,17 @@ def test_unknown_reduction():
 
 @pytest.mark.parametrize("sync_free_mode", [False, True], ids=["eager", "sync-free"])
 def test_shifted_cholesky_retries_unbatched_and_batched(sync_free_mode):
-    # an exactly rank-1 Gram matrix whose factorization fails at the first ridge: the retry (a growing
-    # ridge eagerly, ridge 1 without host syncs) must work for one matrix as for a batch
+    # an exactly rank-1 Gram matrix whose factorization fails at the first ridge (FAILING_RIDGE: at the
+    # default one that depends on the CPU's rounding): the retry (a growing ridge eagerly, ridge 1
+    # without host syncs) must work for one matrix as for a batch
     g = torch.Generator().manual_seed(0)
     rank1 = torch.randn(64, 1, generator=g) @ torch.randn(1, 16, generator=g)
     X = torch.cat([rank1, 0.5 * rank1])
     C = X.T @ X
-    assert torch.linalg.cholesky_ex(C + GRAM_RIDGE[torch.float32] * C.trace() * torch.eye(16)).info.item() > 0
+    assert torch.linalg.cholesky_ex(C + FAILING_RIDGE * C.trace() * torch.eye(16)).info.item() > 0
     with sync_free() if sync_free_mode else contextlib.nullcontext():
-        L = shifted_cholesky(X.T @ X)
-        batched = shifted_cholesky(torch.stack([X.T @ X, X.T @ X]))
+        L = shifted_cholesky(X.T @ X, FAILING_RIDGE)
+        batched = shifted_cholesky(torch.stack([X.T @ X, X.T @ X]), FAILING_RIDGE)
     assert L.shape == (16, 16) and torch.isfinite(L).all()
     torch.testing.assert_close(batched[0], L, rtol=0, atol=0)
 
