@@ -76,11 +76,12 @@ GRAM_STEPS_SYNC_FREE_LOW_PRECISION = 2
 #: ROW_CORRECTION_MAX]. After a converged balancing the factors are within 1 ± 0.04 (bf16 Polar
 #: Express: row errors up to 8e-2; a few dominant input features in fp32: up to 5e-2). The 2 Gram
 #: steps of CUDA's default leave more on the momenta of early training, whose leverage the balancing
-#: reaches slowly (0.2–0.45 per step on 96×32 and 128×32): replaying 4 steps of 10 recordings (GPTs
-#: d 32–256 trained by Muon for 3–60 steps, bf16 Polar Express, bf16 Gram products), the factors
-#: needed reached 1.46 and 1/1.29, beyond 1.25 in 6 of 304 matrix-steps, which left rows up to
-#: 7e-2 off with a clamp at 1.25; the distance to exact Aurora was the same with the factors
-#: unclamped. Far larger imbalances come from a polar factor far from an isometry (rank-deficient
+#: reaches slowly (each Gram step multiplied the spread by 0.2–0.45 on 96×32 and 128×32 momenta of a
+#: d 32 GPT, where 1024×256 ones of a d 256 GPT went from 1.4 to 1e-3 in three): replaying 4 steps
+#: of 10 recordings (GPTs d 32–256 trained by Muon for 3–60 steps, bf16 Polar Express, bf16 Gram
+#: products), the factors needed reached 1.46 and 1/1.29, beyond 1.25 in 6 of 304 matrix-steps,
+#: which left rows up to 7e-2 off with a clamp at 1.25; the distance to exact Aurora was the same
+#: with the factors unclamped. Far larger imbalances come from a polar factor far from an isometry (rank-deficient
 #: momentum in bf16/fp16, whose rounding noise the polar iteration lifts), where rescaling fully would
 #: move that noise onto the signal directions: the clamp bounds that.
 ROW_CORRECTION_MAX = 1.5
