@@ -257,6 +257,12 @@ def test_shifted_cholesky_retries_unbatched_and_batched(sync_free_mode):
     torch.testing.assert_close(batched[0], L, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("ridge", [0.0, -1e-7, float("nan")])
+def test_shifted_cholesky_rejects_a_ridge_that_cannot_grow(ridge):
+    with pytest.raises(ValueError, match="invalid ridge"):
+        shifted_cholesky(torch.eye(3), ridge)
+
+
 @pytest.mark.parametrize("scale", [1e-30, 1e30])
 def test_qr_reduced_at_extreme_scales(scale):
     # the Gram matrix of entries near 1e±30 under- or overflows fp32; the exact power-of-two rescale

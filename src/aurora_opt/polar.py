@@ -268,6 +268,8 @@ def shifted_cholesky(C: Tensor, ridge: float | None = None, retry_ridges: tuple[
     """
     if ridge is None:
         ridge = gram_ridge(C.dtype)
+    if not ridge > 0:  # the eager retries multiply it: from 0 they would never end
+        raise ValueError(f"invalid ridge: {ridge!r} (expected > 0)")
     diagonal = C.diagonal(dim1=-2, dim2=-1)
     trace = diagonal.sum(dim=-1, keepdim=True).clamp_min(TINY)  # [..., 1]
     diagonal.add_(ridge * trace)
