@@ -81,9 +81,9 @@ GRAM_STEPS_SYNC_FREE_LOW_PRECISION = 2
 #: of 10 recordings (GPTs d 32–256 trained by Muon for 3–60 steps, bf16 Polar Express, bf16 Gram
 #: products), the factors needed reached 1.46 and 1/1.29, beyond 1.25 in 6 of 304 matrix-steps,
 #: which left rows up to 7e-2 off with a clamp at 1.25; the distance to exact Aurora was the same
-#: with the factors unclamped. Far larger imbalances come from a polar factor far from an isometry (rank-deficient
-#: momentum in bf16/fp16, whose rounding noise the polar iteration lifts), where rescaling fully would
-#: move that noise onto the signal directions: the clamp bounds that.
+#: with the factors unclamped. Far larger imbalances come from a polar factor far from an isometry
+#: (rank-deficient momentum in bf16/fp16, whose rounding noise the polar iteration lifts), where
+#: rescaling fully would move that noise onto the signal directions: the clamp bounds that.
 ROW_CORRECTION_MAX = 1.5
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
