@@ -87,7 +87,9 @@ def peak_bytes(device: torch.device, fn) -> int | None:
 
 class DriftingGradient:
     """G_t = signal + noise_t: a fixed low-rank part with row scales log-uniform over two decades
-    (along the long side) plus fresh unit Gaussian noise each call."""
+    (along the long side) plus fresh unit Gaussian noise each call, drawn from the gradient's own
+    generator, so that every run, and every optimizer given a gradient of the same seed, sees the
+    same sequence."""
 
     def __init__(self, shape: tuple[int, int], device: torch.device, seed: int) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -100,9 +102,11 @@ class DriftingGradient:
         self.scales = (scales[:, None] if m >= n else scales[None, :]).to(device)
         self.shape = shape
         self.device = device
+        self.noise = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self) -> Tensor:
-        return (self.signal + torch.randn(self.shape, device=self.device)) * self.scales
+        noise = torch.randn(self.shape, device=self.device, generator=self.noise)
+        return (self.signal + noise) * self.scales
 
 
 def time_round_robin(

@@ -124,6 +124,20 @@ def test_gram_precision_benchmark_runs(tmp_path: Path):
     assert "| fp32 products |" in (tmp_path / "gram_precision.md").read_text()
 
 
+def test_qr_bf16_benchmark_runs(tmp_path: Path):
+    """benchmarks/qr_bf16.py --quick: every family, the three ways, errors of bf16 size."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "benchmarks" / "qr_bf16.py"), "--quick", "--out", str(tmp_path)]
+    subprocess.run(command, capture_output=True, text=True, check=True, cwd=root)
+    report = json.loads((tmp_path / "qr_bf16.json").read_text())
+    assert [e["family"] for e in report["cases"]] == ["sigma", "rows", "drifting"]
+    for entry in report["cases"]:
+        for way in ("direct", "qr", "qr_on_R"):
+            assert 0 < entry[way]["min"] <= entry[way]["median"] <= entry[way]["max"] < 0.5
+        assert entry["qr"]["max"] < 0.1  # measured ≤ 3.9e-2
+    assert "| drifting | 16×48 | 6 |" in (tmp_path / "qr_bf16.md").read_text()
+
+
 def test_gpu_benchmark_runs_on_the_cpu(tmp_path: Path):
     """benchmarks/gpu.py --quick --device cpu: every section but the compiled one (its matrices are
     the model section's compiled steps too), the model uncompiled; JSON and markdown for each.
@@ -144,7 +158,9 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path: Path):
         assert optimizers["aurora"]["row_error"] <= ROW_TARGET < optimizers["muon"]["row_error"]
         assert optimizers["aurora_fp32_gram"]["row_error"] <= ROW_TARGET
         assert optimizers["aurora_gram1"]["row_error"] <= ROW_TARGET  # the row correction's work
-    for matrix in report["polar_backends"]:  # the quintic Newton–Schulz is ~0.2 off by design
+    # the gradients are seeded, so these errors are fixed: measured 0.009–0.033 for the bf16 backends
+    # but the quintic Newton–Schulz, which is ~0.2 off by design (in fp32 too)
+    for matrix in report["polar_backends"]:
         assert all(entry["relative_error"] < 0.5 for entry in matrix["backends"].values())
         assert matrix["backends"]["polar_express/float32"]["relative_error"] < 1e-5  # measured ≤ 9.2e-7
     steps = report["model"]["steps"]

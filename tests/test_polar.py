@@ -197,16 +197,22 @@ def test_qr_reduction_leaves_nearly_square_matrices_alone():
     assert torch.equal(reduced(G), direct(G))
 
 
-def test_qr_reduced_bf16_polar_factor_is_closer():
-    # only R's n×n iteration runs in bf16, Q and the product in fp32: at 256×64 the error measured
-    # 2.1e-2 to 2.5e-2 against the direct bf16 factor's 5.3e-2 to 5.8e-2 (six matrices), hence < 0.6×
-    # (at 64×16 one matrix in six came out worse: 0.19 against 0.12, so that size is not asserted)
-    G = conditioned((256, 64), dtype=torch.float32)
+#: reduced bf16 error / direct bf16 error allowed, per shape: measured (six matrices each, σ over one
+#: decade) 0.39–0.43 at 256×64 and 0.25–0.64 at 64×16; with the iteration on R instead of Rᵀ one
+#: 64×16 matrix in six came out 1.5× worse than the direct factor (0.19 against 0.12)
+QR_BF16_RATIO = {(256, 64): 0.6, (64, 16): 0.8}
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("shape", QR_BF16_RATIO)
+def test_qr_reduced_bf16_polar_factor_is_closer(shape, seed):
+    # only the n×n iteration runs in bf16, Q and the product in fp32
+    G = conditioned(shape, seed=seed, dtype=torch.float32)
     exact = reference_polar(G)
     direct = make_orthogonalizer("polar_express", steps=None, eps=1e-7, dtype=torch.bfloat16)(G)
     U = make_orthogonalizer("polar_express", steps=None, eps=1e-7, dtype=torch.bfloat16, reduction="qr")(G)
     assert U.dtype == torch.float32
-    assert relative_error(U, exact) < min(BF16_RTOL, 0.6 * relative_error(direct, exact))
+    assert relative_error(U, exact) < min(BF16_RTOL, QR_BF16_RATIO[shape] * relative_error(direct, exact))
 
 
 def test_qr_reduced_needs_less_memory_than_the_direct_polar_factor():
