@@ -347,9 +347,9 @@ def qr_reduced(X: Tensor, polar: Callable[[Tensor], Tensor]) -> Tensor:
     Q, R = cholesky_qr(scaled_to_unit_max(Y.to(torch.promote_types(Y.dtype, torch.float32))))
     # polar(R) = polar(Rᵀ)ᵀ: on Rᵀ the iteration's Gram matrix is RᵀR = YᵀY (rescaled), the one the
     # direct polar factor of Y forms, and its iterates are the direct ones times Qᵀ. On R it forms RRᵀ
-    # instead, which in bf16 flipped the sign of a weak direction (an error of 2/√n) far more often:
-    # Polar Express, 12 drifting-gradient families × 40 draws at 48×16, 16×48, 96×32 and 32×96,
-    # worst error per family above 0.3 in 6 of 48 families on R, 2 on Rᵀ, 3 directly.
+    # instead, which in bf16 flipped the sign of a weak direction (an error of 2/√n) more often: on
+    # 1920 drifting gradients of 48×16 to 32×96, errors above 0.25 for 32 on R, 6 on Rᵀ, 3 directly
+    # (Polar Express, benchmarks/cpu/qr_bf16.md).
     U = (Q @ polar(R.mT).mT.to(Q.dtype)).to(X.dtype)
     return U.mT if transposed else U
 
