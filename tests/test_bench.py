@@ -124,18 +124,25 @@ def test_gram_precision_benchmark_runs(tmp_path: Path):
     assert "| fp32 products |" in (tmp_path / "gram_precision.md").read_text()
 
 
-def test_qr_bf16_benchmark_runs(tmp_path: Path):
-    """benchmarks/qr_bf16.py --quick: every family, the three ways, errors of bf16 size."""
+def test_polar_accuracy_benchmark_runs(tmp_path: Path):
+    """benchmarks/polar_accuracy.py --quick: every section, errors of their precision's size."""
     root = Path(__file__).resolve().parents[1]
-    command = [sys.executable, str(root / "benchmarks" / "qr_bf16.py"), "--quick", "--out", str(tmp_path)]
+    command = [sys.executable, str(root / "benchmarks" / "polar_accuracy.py"), "--quick", "--out", str(tmp_path)]
     subprocess.run(command, capture_output=True, text=True, check=True, cwd=root)
-    report = json.loads((tmp_path / "qr_bf16.json").read_text())
-    assert [e["family"] for e in report["cases"]] == ["sigma", "rows", "drifting"]
-    for entry in report["cases"]:
+    report = json.loads((tmp_path / "polar_accuracy.json").read_text())
+    errors = report["backends"]["errors"]
+    assert len(errors) == 6
+    assert errors["polar_express/float32"]["max"] < 1e-4 and errors["simple_quintic/float32"]["max"] < 1e-4
+    assert all(0 < e["min"] <= e["median"] <= e["max"] < 0.5 for e in errors.values())
+    assert [e["family"] for e in report["qr"]] == ["sigma", "rows", "drifting"]
+    for entry in report["qr"]:
         for way in ("direct", "qr", "qr_on_R"):
             assert 0 < entry[way]["min"] <= entry[way]["median"] <= entry[way]["max"] < 0.5
         assert entry["qr"]["max"] < 0.1  # measured ≤ 3.9e-2
-    assert "| drifting | 16×48 | 6 |" in (tmp_path / "qr_bf16.md").read_text()
+    trained = report["trained"]["matrices"]
+    assert len(trained) == 4  # fused qkv, gate, up and (transposed) down of the one-layer GPT
+    assert all(e["condition"] >= 1 and e["direct"] >= 0 and e["qr"] >= 0 for e in trained)
+    assert "| drifting | 16×48 | 6 |" in (tmp_path / "polar_accuracy.md").read_text()
 
 
 def test_gpu_benchmark_runs_on_the_cpu(tmp_path: Path):

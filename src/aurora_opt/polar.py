@@ -349,7 +349,7 @@ def qr_reduced(X: Tensor, polar: Callable[[Tensor], Tensor]) -> Tensor:
     # direct polar factor of Y forms, and its iterates are the direct ones times Qᵀ. On R it forms RRᵀ
     # instead, which in bf16 flipped the sign of a weak direction (an error of 2/√n) more often: on
     # 1920 drifting gradients of 48×16 to 32×96, errors above 0.25 for 32 on R, 6 on Rᵀ, 3 directly
-    # (Polar Express, benchmarks/cpu/qr_bf16.md).
+    # (Polar Express, benchmarks/cpu/polar_accuracy.md).
     U = (Q @ polar(R.mT).mT.to(Q.dtype)).to(X.dtype)
     return U.mT if transposed else U
 
