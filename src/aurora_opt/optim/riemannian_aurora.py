@@ -291,9 +291,10 @@ RiemannianAurora.__doc__ = rf"""Riemannian Aurora: Aurora's constrained argmax, 
     the gradient; any shape and dtype. Several times the cost of Aurora.
 
     The ascent needs accurate polar factors: with ``polar="newton_schulz"`` or a bf16/fp16 polar
-    dtype (the default on CUDA) it is skipped, with a RuntimeWarning at construction, and the update
-    is Aurora's balanced polar factor. Per tall or wide matrix, ``state["skipped_ascents"]`` counts
-    steps whose ascent did not run (that, or a rank-deficient momentum) and
+    dtype (the other optimizers' default on CUDA; this one's is fp32 on every device) it is skipped,
+    with a RuntimeWarning at construction, and the update is Aurora's balanced polar factor. Per tall
+    or wide matrix, ``state["skipped_ascents"]`` counts steps whose ascent did not run (that, or a
+    rank-deficient momentum) and
     ``state["stalled_ascents"]`` steps whose ascent accepted no step (float32 tensors, no host sync).
 
     Args:{spectral_kwargs_doc(0.02, 0.025)}
