@@ -172,7 +172,9 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path: Path):
         assert matrix["backends"]["polar_express/float32"]["relative_error"] < 1e-5  # measured ≤ 9.2e-7
     steps = report["model"]["steps"]
     assert set(steps) == {"adamw eager", "muon eager", "muon compiled", "aurora eager", "aurora compiled"}
-    assert all(entry["whole"]["median_ms"] > entry["optimizer"]["median_ms"] > 0 for entry in steps.values())
+    # times only exist: with --quick each is the median of 2 wall-clock samples, too few to order the
+    # whole step against the optimizer's part (one stall flipped them in 2 of 10 runs beside a busy process)
+    assert all(entry["whole"]["median_ms"] > 0 and entry["optimizer"]["median_ms"] > 0 for entry in steps.values())
     assert "| aurora compiled |" in (tmp_path / "gpu.md").read_text()
 
 

@@ -215,10 +215,11 @@ def test_qr_reduced_bf16_polar_factor_is_closer(shape, seed):
     assert relative_error(U, exact) < min(BF16_RTOL, QR_BF16_RATIO[shape] * relative_error(direct, exact))
 
 
-def test_qr_reduced_needs_less_memory_than_the_direct_polar_factor():
+def test_polar_factor_peak_memory_direct_and_reduced():
     """Bytes allocated at the peak of one call (a count, not a timing), 512×64 fp32, in units of the
-    matrix: measured 3.125 direct and 2.25 reduced; 3.25 while the reduction kept its rescaled copy
-    of X alive through both CholeskyQR passes."""
+    matrix: measured 2.125 direct (the normalized copy, the iterate and small n×n matrices; 3.125
+    while aX and BX were formed apart) and 2.25 reduced (Q, the product and the triangle's iteration;
+    3.25 while the reduction kept its rescaled copy of X alive through both CholeskyQR passes)."""
     from aurora_opt.bench import LiveBytes
 
     X = torch.randn(1, 512, 64, generator=torch.Generator().manual_seed(0))
@@ -228,7 +229,7 @@ def test_qr_reduced_needs_less_memory_than_the_direct_polar_factor():
         with LiveBytes() as tracker:
             orthogonalize(X)
         peaks[reduction] = tracker.peak / (X.numel() * X.element_size())
-    assert peaks["qr"] <= peaks[None] - 0.5, peaks
+    assert peaks[None] <= 2.25 and peaks["qr"] <= 2.5, peaks
 
 
 def test_cholesky_qr_factors():

@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .matrices import TINY, tall, wide
+from .matrices import TINY, tall
 from .sync import host_syncs_allowed
 
 __all__ = [
@@ -92,14 +92,26 @@ def _normalized(G: Tensor, eps: float) -> Tensor:
 
 
 def _odd_quintic_iteration(G: Tensor, coefficients: list[tuple[float, float, float]], eps: float) -> Tensor:
-    """Apply X ← aX + (bA + cA²)X with A = X Xᵀ, one coefficient triple per step."""
-    X, transposed = wide(G)
-    X = _normalized(X, eps)
+    """Apply X ← aX + (bA + cA²)X with A = X Xᵀ (or, for tall X, X ← aX + X(bA + cA²) with A = XᵀX:
+    the smaller Gram matrix either way), one coefficient triple per step.
+
+    Both sums are fused into their products (``baddbmm``: the product accumulated in fp32 and the sum
+    rounded once). In bf16, rounding aX and BX apart and then their sum lost what their cancellation
+    leaves (aX + BX is much smaller than either where a step maps σ well below a·σ): Polar Express's
+    error on 512×128 matrices with σ over two decades was 5.1e-2 instead of 3.2e-2, 9.5e-2 instead of
+    2.9e-2 at 64×16 with σ over one decade, and a 14×1 vector came out 8 % off instead of 0.6 % (its
+    direction quantized). The iteration runs on a contiguous copy in G's own orientation, so that a
+    matrix gets the same polar factor however it is stored, and the result is contiguous.
+    """
+    is_tall = G.size(-2) > G.size(-1)
+    shape = G.shape
+    X = _normalized(G, eps).contiguous()
+    X = X.flatten(0, -3) if X.dim() > 2 else X.unsqueeze(0)
     for a, b, c in coefficients:
-        A = X @ X.mT
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c) if A.dim() == 3 else b * A + c * (A @ A)
-        X = a * X + B @ X
-    return X.mT if transposed else X
+        A = X.mT @ X if is_tall else X @ X.mT
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        X = torch.baddbmm(X, X, B, beta=a) if is_tall else torch.baddbmm(X, B, X, beta=a)
+    return X.reshape(shape)
 
 
 def _check_steps(steps: int) -> int:

@@ -163,7 +163,9 @@ def _inverse_gram(C: Tensor, ridge: float) -> Tensor:
     trace = C.diagonal(dim1=-2, dim2=-1).sum(dim=-1)[..., None, None]
     eye = torch.eye(C.size(-1), dtype=C.dtype, device=C.device)
     L, info = torch.linalg.cholesky_ex(_finite_or(C + ridge * trace.clamp_min(TINY) * eye, eye))
-    return torch.where((info > 0)[..., None, None], torch.nan, torch.cholesky_inverse(L))
+    failed = (info > 0)[..., None, None]
+    # a failed factorization leaves zeros on L's diagonal, on which cholesky_inverse raises
+    return torch.where(failed, torch.nan, torch.cholesky_inverse(torch.where(failed, eye, L)))
 
 
 def _gram_leverage(X: Tensor, D: Tensor, ridge: float) -> Tensor:
