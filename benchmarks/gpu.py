@@ -14,8 +14,8 @@ low-rank signal with unequal rows plus new Gaussian noise, so the momentum drift
   autocast, the model compiled: AdamW (torch, fused), Muon and Aurora, eager and compiled steps.
 
 ``--polar-reduction qr`` runs every spectral optimizer with ``polar_reduction="qr"`` (the polar factor
-of a matrix ≥ 2× taller than wide from its n×n triangular factor; about half the time on the CPU,
-unmeasured on a GPU, where the fp32 Cholesky-QR competes with bf16 matmuls).
+of a matrix ≥ 2× taller than wide from its n×n triangular factor; 0.72–1.00× the time at aspect 4–2
+on the CPU, unmeasured on a GPU, where the fp32 Cholesky-QR competes with bf16 matmuls).
 
 Writes ``gpu.json`` and ``gpu.md`` to ``--out``. ``--quick --device cpu`` is the smoke test.
 

@@ -333,9 +333,10 @@ def cholesky_qr(X: Tensor) -> tuple[Tensor, Tensor]:
 #: backend (a callable ``polar``) must be such an odd matrix function too, f(Q·X) = Q·f(X).
 POLAR_REDUCTIONS = (None, "qr")
 #: "qr" reduces matrices at least this many times taller than wide. Measured (CPU, fp32, one
-#: thread, Polar Express; benchmarks/cpu/polar_reduction.md): the reduced polar factor took 1.18×
-#: the direct one's time at 320×256, 1.07× at 384×256, 1.01× at 448×256, 0.86× at 512×256, 0.77× at
-#: 768×256, 0.57× at 1024×256; 0.82× at 1024×512 and 0.58× at 2048×512.
+#: thread, Polar Express; benchmarks/cpu/polar_reduction.md, f96ae62): the reduced polar factor took
+#: 1.33× the direct one's time at 320×256, 1.21× at 384×256, 1.07× at 448×256, 1.00× at 512×256, 0.84×
+#: at 768×256, 0.72× at 1024×256; 0.96× at 1024×512 and 0.73× at 2048×512 (before the direct
+#: iteration's sums were fused into its products, 0.86× at 512×256 and 0.57× at 1024×256).
 QR_REDUCTION_MIN_ASPECT = 2
 
 

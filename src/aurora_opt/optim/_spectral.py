@@ -599,7 +599,7 @@ def spectral_kwargs_doc(lr: float, weight_decay: float) -> str:
             CUDA and fp32 elsewhere.
         polar_reduction (str or None): ``"qr"`` computes the polar factor of a matrix at least
             twice as tall as wide (or wide as tall) as Q·polar(R), X = QR by a shifted CholeskyQR2
-            in fp32: the same direction to fp32 rounding, 0.57× the time at 1024×256 and 0.86× at
+            in fp32: the same direction to fp32 rounding, 0.72× the time at 1024×256 and 1.00× at
             512×256 on the CPU (``aurora_opt.polar.qr_reduced``); ``None`` (default) runs the
             backend on the matrix. ``DualAurora`` computes no m×n polar factor and rejects it.
         on_nonfinite_grad (str): ``"raise"`` (default) raises :class:`NonFiniteGradError` naming the
