@@ -98,10 +98,11 @@ def _odd_quintic_iteration(G: Tensor, coefficients: list[tuple[float, float, flo
     Both sums are fused into their products (``baddbmm``: the product accumulated in fp32 and the sum
     rounded once). In bf16, rounding aX and BX apart and then their sum lost what their cancellation
     leaves (aX + BX is much smaller than either where a step maps σ well below a·σ): Polar Express's
-    error on 512×128 matrices with σ over two decades was 5.1e-2 instead of 3.2e-2, 9.5e-2 instead of
-    2.9e-2 at 64×16 with σ over one decade, and a 14×1 vector came out 8 % off instead of 0.6 % (its
-    direction quantized). The iteration runs on a contiguous copy in G's own orientation, so that a
-    matrix gets the same polar factor however it is stored, and the result is contiguous.
+    error on 512×128 matrices with σ over two decades was 5.1e-2 instead of 3.0e-2, 9.5e-2 instead of
+    1.8e-2 at 64×16 with σ over one decade (benchmarks/cpu/polar_accuracy.md, before and after), and
+    a 14×1 vector came out 8 % off instead of 0.6 % (its direction quantized). The iteration runs on
+    a contiguous copy in G's own orientation, so the result is contiguous: reductions over a
+    transposed view would round differently from those over a gathered copy (the distributed step).
     """
     is_tall = G.size(-2) > G.size(-1)
     shape = G.shape
@@ -361,8 +362,8 @@ def qr_reduced(X: Tensor, polar: Callable[[Tensor], Tensor]) -> Tensor:
     # polar(R) = polar(Rᵀ)ᵀ: on Rᵀ the iteration's Gram matrix is RᵀR = YᵀY (rescaled), the one the
     # direct polar factor of Y forms, and its iterates are the direct ones times Qᵀ. On R it forms RRᵀ
     # instead, which in bf16 flipped the sign of a weak direction (an error of 2/√n) more often: on
-    # 1920 drifting gradients of 48×16 to 32×96, errors above 0.25 for 32 on R, 6 on Rᵀ, 3 directly
-    # (Polar Express, benchmarks/cpu/polar_accuracy.md).
+    # 1920 drifting gradients of 48×16 to 32×96, errors above 0.25 for 32 on R, 6 on Rᵀ and 3 directly
+    # before the iteration's sums were fused, 1, 0 and 0 since (Polar Express, benchmarks/cpu/polar_accuracy.md).
     U = (Q @ polar(R.mT).mT.to(Q.dtype)).to(X.dtype)
     return U.mT if transposed else U
 
