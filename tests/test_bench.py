@@ -138,7 +138,7 @@ def test_polar_accuracy_benchmark_runs(tmp_path: Path):
     for entry in report["qr"]:
         for way in ("direct", "qr", "qr_on_R"):
             assert 0 < entry[way]["min"] <= entry[way]["median"] <= entry[way]["max"] < 0.5
-        assert entry["qr"]["max"] < 0.1  # measured ≤ 3.9e-2
+        assert entry["qr"]["max"] < 0.1  # measured ≤ 1.0e-2
     trained = report["trained"]["matrices"]
     assert len(trained) == 4  # fused qkv, gate, up and (transposed) down of the one-layer GPT
     assert all(e["condition"] >= 1 and e["direct"] >= 0 and e["qr"] >= 0 for e in trained)
@@ -165,11 +165,11 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path: Path):
         assert optimizers["aurora"]["row_error"] <= ROW_TARGET < optimizers["muon"]["row_error"]
         assert optimizers["aurora_fp32_gram"]["row_error"] <= ROW_TARGET
         assert optimizers["aurora_gram1"]["row_error"] <= ROW_TARGET  # the row correction's work
-    # the gradients are seeded, so these errors are fixed: measured 0.009–0.033 for the bf16 backends
+    # the gradients are seeded, so these errors are fixed: measured 0.005–0.011 for the bf16 backends
     # but the quintic Newton–Schulz, which is ~0.2 off by design (in fp32 too)
     for matrix in report["polar_backends"]:
         assert all(entry["relative_error"] < 0.5 for entry in matrix["backends"].values())
-        assert matrix["backends"]["polar_express/float32"]["relative_error"] < 1e-5  # measured ≤ 9.2e-7
+        assert matrix["backends"]["polar_express/float32"]["relative_error"] < 1e-5  # measured ≤ 9.8e-7
     steps = report["model"]["steps"]
     assert set(steps) == {"adamw eager", "muon eager", "muon compiled", "aurora eager", "aurora compiled"}
     # times only exist: with --quick each is the median of 2 wall-clock samples, too few to order the

@@ -61,7 +61,8 @@ AURORA_CONVERGED_STEPS = 16
 AURORA_CONVERGED_ROW_TOLERANCE = 1e-2
 #: where K = 2 and K = AURORA_CONVERGED_STEPS reach the same balance (both stop within the tolerance)
 #: their row errors differ only by fp32 rounding: 0.0396891 against 0.0396881 and 0.0269333 against
-#: 0.0269287 measured (m/n = 2, n = 2, κ = 1, seeds 10 and 164); 1e-4 is 20× that
+#: 0.0269287 measured (m/n = 2, n = 2, κ = 1, seeds 10 and 164; with the fused polar iteration
+#: 0.0396891 against 0.0396881 and 0.0311055 against 0.0311068); 1e-4 is 20× the largest
 AURORA_ROW_ROUNDING = 1e-4
 AURORA_CONVERGED_MIN_ASPECT = 4
 #: Riemannian Aurora balances to BALANCE_TOLERANCE = 1e-3 at every retraction when its 12 balancing
