@@ -27,6 +27,11 @@ def exact_polar(G: Tensor, rank_eps: float | None = None) -> Tensor:
     return U[:, :rank] @ Vh[:rank, :]
 
 
+def relative_error(U: Tensor, ref: Tensor) -> float:
+    """‖U − ref‖_F / ‖ref‖_F, in float64."""
+    return ((U.to(torch.float64) - ref.to(torch.float64)).norm() / ref.to(torch.float64).norm()).item()
+
+
 def shape_scale(m: int, n: int, adjust_lr_fn: str | None) -> float:
     if adjust_lr_fn in (None, "original"):
         return math.sqrt(max(1.0, m / n))

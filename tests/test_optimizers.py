@@ -204,11 +204,19 @@ def test_qr_reduction_gives_the_direct_result(name, monkeypatch):
     # One step from zero weights at lr 1 without weight decay moves each weight by s(m, n)·U, the
     # direction itself: reduced and direct agree to fp32 rounding through the iterations (measured at
     # most 5.8e-6, largest entries 0.4 to 0.5 per matrix), hence 2e-5
+    # (Aurora's reduction reuses its last Gram step as CholeskyQR's first pass: both reach the second)
+    import aurora_opt.optim.aurora
     import aurora_opt.polar
 
     reduced_shapes = []
-    factor = aurora_opt.polar.cholesky_qr
-    monkeypatch.setattr(aurora_opt.polar, "cholesky_qr", lambda X: reduced_shapes.append(tuple(X.shape)) or factor(X))
+    after_first_pass = aurora_opt.polar.polar_after_first_pass
+
+    def counted(Q1, R1, polar):
+        reduced_shapes.append(tuple(Q1.shape))
+        return after_first_pass(Q1, R1, polar)
+
+    for module in (aurora_opt.polar, aurora_opt.optim.aurora):
+        monkeypatch.setattr(module, "polar_after_first_pass", counted)
     moved = {}
     for reduction in (None, "qr"):
         spectral = [nn.Parameter(torch.zeros(s)) for s in SPECTRAL_SHAPES]

@@ -17,7 +17,7 @@ from aurora_opt.polar import (
     shifted_cholesky,
 )
 from aurora_opt.sync import sync_free
-from reference import FAILING_RIDGE, exact_polar
+from reference import FAILING_RIDGE, exact_polar, relative_error
 
 # Test matrices have singular values spread over one decade (σ_min/σ_max = 0.1), well inside what
 # every backend is built for, so errors measure the iteration rather than an out-of-range input.
@@ -60,10 +60,6 @@ def reference_polar(G: torch.Tensor) -> torch.Tensor:
     if G64.dim() == 2:
         return exact_polar(G64)
     return torch.stack([exact_polar(g) for g in G64])
-
-
-def relative_error(U: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((U.to(torch.float64) - ref).norm() / ref.norm()).item()
 
 
 @pytest.mark.parametrize("shape_name", SHAPES)

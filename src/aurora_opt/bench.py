@@ -64,8 +64,10 @@ TRAINING_TEXT_BYTES = 1_000_000
 
 #: name → (class, keyword arguments); every optimizer gets the same polar backend and dtype.
 #: "aurora_reference" is the reference release's algorithm: K = 2 polar factors, β = 0.5, rows as computed.
-#: "*_qr": with ``polar_reduction="qr"`` (the polar factor of a matrix ≥ 2× taller than wide from its
-#: n×n triangular factor), compared with each other in :data:`REDUCED_PAIR`.
+#: "muon_qr": with ``polar_reduction="qr"`` (the polar factor of a matrix ≥ 2× taller than wide from
+#: its n×n triangular factor), as "aurora" reduces its own by default ("auto") in fp32: compared with
+#: each other in :data:`REDUCED_PAIR`. "aurora_direct": Aurora with its polar factor computed directly
+#: (``polar_reduction=None``, what "auto" does in bf16/fp16).
 #: "aurora_gram1": one Gram balancing step per optimizer step from the warm start, the row correction
 #: removing what it leaves (cheaper, further from exact Aurora: the distance column shows how far).
 OPTIMIZERS: dict[str, tuple[type[SpectralOptimizer], dict[str, Any]]] = {
@@ -73,15 +75,15 @@ OPTIMIZERS: dict[str, tuple[type[SpectralOptimizer], dict[str, Any]]] = {
     "muon_qr": (Muon, {"polar_reduction": "qr"}),
     "aurora_reference": (
         Aurora,
-        {"balance": "polar", "balance_steps": 2, "balance_beta": 0.5, "row_correction": False},
+        {"balance": "polar", "balance_steps": 2, "balance_beta": 0.5, "row_correction": False, "polar_reduction": None},
     ),
     "aurora": (Aurora, {}),
-    "aurora_qr": (Aurora, {"polar_reduction": "qr"}),
+    "aurora_direct": (Aurora, {"polar_reduction": None}),
     "aurora_gram1": (Aurora, {"balance_steps": 1}),
     "riemannian_aurora": (RiemannianAurora, {}),
 }
-#: Aurora's cost over Muon's where both reduce their polar factors
-REDUCED_PAIR = ("aurora_qr", "muon_qr")
+#: Aurora's cost over Muon's where both reduce their polar factors (in fp32)
+REDUCED_PAIR = ("aurora", "muon_qr")
 
 
 def gpt_shapes(d_model: int, layers: int, expansion: int) -> list[tuple[int, int]]:
@@ -383,11 +385,13 @@ def synthetic_recording(
 def gram_steps_per_matrix(recorded: Recording, *, polar: str, warm_start: bool) -> float:
     """Fast Aurora's Gram balancing steps per non-square matrix and optimizer step over the recorded
     rounds: one triangular solve per Gram step and matrix (the Cholesky factorization before it may be
-    retried, and always is once without host synchronization)."""
+    retried, and always is once without host synchronization). The polar factor is computed directly:
+    the reduced one solves triangular systems of its own (CholeskyQR's second pass), and the balancing
+    takes the same steps either way."""
     params = [torch.nn.Parameter(torch.zeros_like(g)) for g in recorded.gradients[0]]
     for p in params:
         p.grad = torch.zeros_like(p)
-    optimizer = Aurora(params, lr=1.0, weight_decay=0.0, polar=polar, warm_start=warm_start)
+    optimizer = Aurora(params, lr=1.0, weight_decay=0.0, polar=polar, warm_start=warm_start, polar_reduction=None)
     start_from(optimizer, params, recorded)
     counter = BatchCounter(torch.ops.aten.linalg_solve_triangular)
     for gradients in recorded.gradients:
@@ -480,7 +484,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *_format_table(rows),
         "",
-        f'`{aurora}` over `{muon}` (both with `polar_reduction="qr"`): ' + "; ".join(reduced) + ".",
+        f"`{aurora}` over `{muon}` (where the polar factor runs in fp32 both reduce it, Aurora by default "
+        f'and Muon with `polar_reduction="qr"`): ' + "; ".join(reduced) + ".",
         "",
         "Fast Aurora's Gram balancing steps per non-square matrix and optimizer step on the GPT's momenta "
         "(untimed replay; the warm start begins each step from the last step's balanced rows):",

@@ -30,10 +30,13 @@ __all__ = [
     "POLAR_REDUCTIONS",
     "PolarFn",
     "cholesky_qr",
+    "cholesky_qr_first_pass",
     "get_polar",
     "newton_schulz",
     "polar_express",
     "polar_express_coefficients",
+    "polar_after_first_pass",
+    "reduces_polar",
     "scaled_to_unit_max",
     "shifted_cholesky",
     "simple_quintic",
@@ -306,25 +309,65 @@ def shifted_cholesky(C: Tensor, ridge: float | None = None, retry_ridges: tuple[
     return L
 
 
-def cholesky_qr(X: Tensor) -> tuple[Tensor, Tensor]:
-    """X [..., m, n] (m ≥ n) = Q R with QᵀQ ≈ I and R [..., n, n] upper triangular: shifted CholeskyQR2.
+def solve_factor_right(X: Tensor, L: Tensor) -> Tensor:
+    """X L⁻ᵀ for X [..., m, n] and a lower-triangular L [..., n, n], as (L⁻¹ Xᵀ)ᵀ: row-major like X.
 
-    One pass R₁ = chol(XᵀX + λI)ᵀ, Q₁ = X R₁⁻¹ (λ = ``GRAM_RIDGE``·‖X‖_F²) leaves QᵀQ − I of
-    λ/σ_min² plus rounding ε·κ(X)² (measured 1e-3 to 1e-2 in fp32 at κ = 100); a second pass on Q₁
-    (Q₁ = Q R₂, R = R₂R₁, its ridge relative to Q₁'s mean eigenvalue, ≈ 1, not its trace, ≈ n)
-    brings it to rounding (2e-6 on the same matrices). X = QR holds either way, so the second pass
-    also undoes the first ridge's shrinking of Q₁'s weak directions: Q stays orthonormal down to
-    σ/‖X‖_F ≈ 1e-5 (the effective shift is about GRAM_RIDGE²·‖X‖_F²). X is released after the first
-    pass: a temporary passed in (a rescaled copy) is freed before Q is formed.
+    Solving from the left on Xᵀ hands LAPACK X's rows as the columns it works on, without a copy,
+    and its column-major result is row-major once transposed back; solving X L⁻ᵀ from the right
+    returned a column-major result, whose row reductions were strided (8×1024×256, one CPU thread:
+    4.8 ms against 6.4 ms for the solve, 0.4 ms against 3.0 ms for the row norms of its result).
     """
-    n, dtype = X.size(-1), X.dtype
+    return torch.linalg.solve_triangular(L, X.mT, upper=False).mT
+
+
+def cholesky_qr_first_pass(X: Tensor) -> tuple[Tensor, Tensor]:
+    """Q₁ = X R₁⁻¹ and R₁ = chol(XᵀX + λI)ᵀ (λ = ``GRAM_RIDGE``·‖X‖_F²) for X [..., m, n], m ≥ n.
+
+    Q₁ᵀQ₁ − I is λ/σ_min² plus rounding ε·κ(X)² (measured 1e-3 to 1e-2 in fp32 at κ = 100), which
+    the second pass (:func:`cholesky_qr`, :func:`polar_after_first_pass`) removes.
+    """
     L = shifted_cholesky(X.mT @ X)
-    Q = torch.linalg.solve_triangular(L.mT, X, upper=True, left=False)
+    return solve_factor_right(X, L), L.mT
+
+
+def _second_pass_factor(Q1: Tensor) -> Tensor:
+    """L₂ with L₂L₂ᵀ = Q₁ᵀQ₁ + λ₂I, the ridge relative to Q₁'s mean eigenvalue (≈ 1), not its trace (≈ n).
+
+    Q = Q₁L₂⁻ᵀ is then orthonormal to rounding (2e-6 in fp32 at κ = 100), and X = Q·(L₂ᵀR₁) holds
+    either way, so the second pass also undoes the first ridge's shrinking of Q₁'s weak directions: Q
+    stays orthonormal down to σ/‖X‖_F ≈ 1e-5 (the effective shift is about GRAM_RIDGE²·‖X‖_F²).
+    """
+    n = Q1.size(-1)
+    return shifted_cholesky(Q1.mT @ Q1, gram_ridge(Q1.dtype) / n, retry_ridges=(SECOND_PASS_RETRY / n, 1.0))
+
+
+def cholesky_qr(X: Tensor) -> tuple[Tensor, Tensor]:
+    """X [..., m, n] (m ≥ n) = Q R with QᵀQ ≈ I and R [..., n, n] upper triangular: shifted CholeskyQR2
+    (:func:`cholesky_qr_first_pass`, then the same on Q₁: Q = Q₁R₂⁻¹, R = R₂R₁). X is released after
+    the first pass: a temporary passed in (a rescaled copy) is freed before Q is formed.
+    """
+    Q1, R1 = cholesky_qr_first_pass(X)
     del X
-    R = L.mT
-    L = shifted_cholesky(Q.mT @ Q, gram_ridge(dtype) / n, retry_ridges=(SECOND_PASS_RETRY / n, 1.0))
-    Q = torch.linalg.solve_triangular(L.mT, Q, upper=True, left=False)
-    return Q, L.mT @ R
+    L2 = _second_pass_factor(Q1)
+    return solve_factor_right(Q1, L2), L2.mT @ R1
+
+
+def polar_after_first_pass(Q1: Tensor, R1: Tensor, polar: Callable[[Tensor], Tensor]) -> Tensor:
+    """polar(X) = Q·polar(R) for X = Q₁R₁ [B, m, n] after CholeskyQR's first pass, Q = Q₁R₂⁻¹ and
+    R = R₂R₁ from its second, in Q₁'s dtype.
+
+    Formed as Q₁·(R₂⁻¹·polar(R)): an n×n triangular solve instead of the m×n one that forms Q (8×1024×256
+    in fp32, one CPU thread: 56 ms against 60 ms for the second pass and the polar factor; the results
+    agreed to 4e-7). ``polar`` runs on Rᵀ, using polar(R) = polar(Rᵀ)ᵀ: there the iteration's Gram
+    matrix is RᵀR = XᵀX, the one the direct polar factor of X forms, and its iterates are the direct
+    ones times Qᵀ. On R it forms RRᵀ instead, which in bf16 flipped the sign of a weak direction (an
+    error of 2/√n) more often: on 1920 drifting gradients of 48×16 to 32×96, errors above 0.25 for 32
+    on R, 6 on Rᵀ and 3 directly before the iteration's sums were fused, 1, 0 and 0 since (Polar
+    Express, benchmarks/cpu/polar_accuracy.md).
+    """
+    L2 = _second_pass_factor(Q1)
+    P = polar((L2.mT @ R1).mT).mT.to(Q1.dtype)
+    return Q1 @ torch.linalg.solve_triangular(L2.mT, P, upper=True)
 
 
 #: how a polar factor may be reduced before the backend runs: ``None`` (it runs on the matrix) or
@@ -332,7 +375,9 @@ def cholesky_qr(X: Tensor) -> tuple[Tensor, Tensor]:
 #: Every backend is an odd matrix function, p(X) = X·q(XᵀX), and XᵀX = RᵀR, so Q·p(R) = X R⁻¹·R·q(RᵀR)
 #: = p(X): the same direction for 3n³ instead of (2m + n)·n² flops per quintic step. A custom
 #: backend (a callable ``polar``) must be such an odd matrix function too, f(Q·X) = Q·f(X).
-POLAR_REDUCTIONS = (None, "qr")
+#: ``"auto"``: ``"qr"`` where the polar factor runs in fp32 or float64 (measured on the CPU), direct in
+#: bf16/fp16 (the CUDA default, whose cost with the reduction is yet to be measured on a GPU).
+POLAR_REDUCTIONS = (None, "qr", "auto")
 #: "qr" reduces matrices at least this many times taller than wide. Measured (CPU, fp32, one
 #: thread, Polar Express; benchmarks/cpu/polar_reduction.md, f96ae62): the reduced polar factor took
 #: 1.33× the direct one's time at 320×256, 1.21× at 384×256, 1.07× at 448×256, 1.00× at 512×256, 0.84×
@@ -357,20 +402,20 @@ def qr_reduced(X: Tensor, polar: Callable[[Tensor], Tensor]) -> Tensor:
     if Y.size(-1) == 0 or Y.size(-2) < QR_REDUCTION_MIN_ASPECT * Y.size(-1):
         return polar(X)
     # an exact power-of-two rescale keeps the Gram matrix finite (polar(X) ignores X's scale); the
-    # rescaled copy is cholesky_qr's alone, so it is freed after the first pass
-    Q, R = cholesky_qr(scaled_to_unit_max(Y.to(torch.promote_types(Y.dtype, torch.float32))))
-    # polar(R) = polar(Rᵀ)ᵀ: on Rᵀ the iteration's Gram matrix is RᵀR = YᵀY (rescaled), the one the
-    # direct polar factor of Y forms, and its iterates are the direct ones times Qᵀ. On R it forms RRᵀ
-    # instead, which in bf16 flipped the sign of a weak direction (an error of 2/√n) more often: on
-    # 1920 drifting gradients of 48×16 to 32×96, errors above 0.25 for 32 on R, 6 on Rᵀ and 3 directly
-    # before the iteration's sums were fused, 1, 0 and 0 since (Polar Express, benchmarks/cpu/polar_accuracy.md).
-    U = (Q @ polar(R.mT).mT.to(Q.dtype)).to(X.dtype)
+    # rescaled copy is the first pass's alone, so it is freed once Q₁ is formed
+    Q1, R1 = cholesky_qr_first_pass(scaled_to_unit_max(Y.to(torch.promote_types(Y.dtype, torch.float32))))
+    U = polar_after_first_pass(Q1, R1, polar).to(X.dtype)
     return U.mT if transposed else U
 
 
 def default_polar_dtype(device: torch.device) -> torch.dtype:
     """bf16 on CUDA (tensor cores); fp32 elsewhere (bf16 matmuls are ~17× slower on CPU)."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def reduces_polar(reduction: str | None, dtype: torch.dtype) -> bool:
+    """Whether ``reduction`` (one of ``POLAR_REDUCTIONS``) reduces a polar factor computed in ``dtype``."""
+    return reduction == "qr" or (reduction == "auto" and dtype in (torch.float32, torch.float64))
 
 
 def make_orthogonalizer(
@@ -385,7 +430,7 @@ def make_orthogonalizer(
     X.dtype).
 
     ``dtype=None`` picks :func:`default_polar_dtype` for the device of each input; ``reduction`` is
-    one of ``POLAR_REDUCTIONS`` (``"qr"``: :func:`qr_reduced`).
+    one of ``POLAR_REDUCTIONS`` (:func:`qr_reduced` where :func:`reduces_polar`).
     """
     polar = get_polar(name)
     check_reduction(reduction)
@@ -394,6 +439,9 @@ def make_orthogonalizer(
         compute_dtype = dtype or default_polar_dtype(X.device)
         return polar(X.to(compute_dtype), steps=steps, eps=eps).to(X.dtype)
 
-    if reduction == "qr":
-        return lambda X: qr_reduced(X, direct)
-    return direct
+    def orthogonalize(X: Tensor) -> Tensor:
+        if reduces_polar(reduction, dtype or default_polar_dtype(X.device)):
+            return qr_reduced(X, direct)
+        return direct(X)
+
+    return direct if reduction is None else orthogonalize

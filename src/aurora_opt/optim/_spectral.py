@@ -578,8 +578,8 @@ def stacking_plan(momenta: list[Tensor], states: list[dict[str, Any]], stackable
     return sorted(chunks)
 
 
-def spectral_kwargs_doc(lr: float, weight_decay: float) -> str:
-    """The shared ``Args:`` text of the spectral optimizers."""
+def spectral_kwargs_doc(lr: float, weight_decay: float, reduction: str | None = None) -> str:
+    """The shared ``Args:`` text of the spectral optimizers (defaults: lr, weight decay, polar_reduction)."""
     return rf"""
         params: iterable of parameters or named parameters, or of param-group dicts. Groups with
             ``"algorithm": "adamw"`` are trained by AdamW (embeddings, output head, norms, biases).
@@ -600,8 +600,10 @@ def spectral_kwargs_doc(lr: float, weight_decay: float) -> str:
         polar_reduction (str or None): ``"qr"`` computes the polar factor of a matrix at least
             twice as tall as wide (or wide as tall) as Q·polar(R), X = QR by a shifted CholeskyQR2
             in fp32: the same direction to fp32 rounding, 0.72× the time at 1024×256 and 1.00× at
-            512×256 on the CPU (``aurora_opt.polar.qr_reduced``); ``None`` (default) runs the
-            backend on the matrix. ``DualAurora`` computes no m×n polar factor and rejects it.
+            512×256 on the CPU (``aurora_opt.polar.qr_reduced``); ``None`` runs the backend on the
+            matrix; ``"auto"``: ``"qr"`` where the polar factor runs in fp32 or float64, ``None``
+            in bf16/fp16 (the CUDA default, where the reduction's cost is not yet measured)
+            (default: {reduction!r}). ``DualAurora`` computes no m×n polar factor and rejects it.
         on_nonfinite_grad (str): ``"raise"`` (default) raises :class:`NonFiniteGradError` naming the
             parameter before anything is changed; ``"skip"`` skips the whole step and counts it in
             ``optimizer.skipped_steps``.
