@@ -297,8 +297,54 @@ def count_gram_steps(monkeypatch) -> list[torch.dtype | None]:
     return calls
 
 
+def test_predicted_last_gram_step_saves_the_verifying_one(monkeypatch):
+    """With the row correction and the direct polar factor, a matrix stops right after the Gram step
+    that the last two spreads predict to land within the tolerance: the same D as the loop that
+    verifies it, one Gram step fewer."""
+    calls = count_gram_steps(monkeypatch)
+    X = unequal_rows(512, 128, 3, decades=2.0, shuffle=True, dtype=torch.float32).unsqueeze(0)
+    settings = dict(orthogonalize=polar_express, steps=8, beta=0.65, eps=1e-7, tolerance=1e-3)
+    _, verified = balanced_polar(X, **settings)
+    verifying_steps = len(calls)
+    calls.clear()
+    U, predicted = balanced_polar(X, **settings, row_correction=True)
+    assert len(calls) == verifying_steps - 1
+    torch.testing.assert_close(predicted, verified, rtol=0, atol=0)
+    assert row_uniformity_error(U).item() <= CORRECTED_ROW_TOLERANCE
+    calls.clear()  # the reduced polar factor takes the verifying step as its first pass instead
+    balanced_polar(X, **settings, row_correction=True, reduce_polar=True)
+    assert len(calls) == verifying_steps
+
+
+@pytest.mark.parametrize(
+    ("shape", "polar_dtype", "reduced"),
+    [((320, 160), torch.float32, True), ((160, 320), torch.float32, True), ((320, 160), torch.bfloat16, False)]
+    + [((256, 128), torch.float32, False), ((288, 160), torch.float32, False)],
+    ids=["tall", "wide", "bf16", "small", "aspect-below-2"],
+)
+def test_default_reduction_where_it_pays(shape, polar_dtype, reduced, monkeypatch):
+    """Aurora's ``polar_reduction="auto"`` reduces fp32 polar factors of matrices at least twice as tall
+    as wide (or wide as tall) whose short side is at least 160, and gives the direct direction there
+    (to REDUCED_AURORA_TOLERANCE: the balancing is the same, the polar factor differs by rounding)."""
+    import aurora_opt.optim.aurora as aurora_module
+
+    reductions = []
+    real = aurora_module.polar_after_first_pass
+    monkeypatch.setattr(aurora_module, "polar_after_first_pass", lambda *a: reductions.append(1) or real(*a))
+    moved = {}
+    for reduction in ("auto", None):
+        p = torch.nn.Parameter(torch.zeros(shape))
+        grad = unequal_rows(max(shape), min(shape), 4, decades=2.0, shuffle=True, dtype=torch.float32)
+        p.grad = grad if shape[0] > shape[1] else grad.mT.contiguous()
+        Aurora([p], lr=1.0, weight_decay=0.0, polar_dtype=polar_dtype, polar_reduction=reduction).step()
+        moved[reduction] = p.detach()
+    assert len(reductions) == int(reduced)
+    assert relative_error(moved["auto"], moved[None]) <= (REDUCED_AURORA_TOLERANCE if reduced else 0)
+
+
 #: the reduced and the direct polar factor of the same D·X: Polar Express in fp32 on R against on
-#: D·X, plus CholeskyQR's rounding (measured 4e-7 to 1.1e-6 here; the qr_reduced tests give the bound)
+#: D·X, plus CholeskyQR's rounding, each about fp32 Polar Express's own error (measured 3.3e-6 to
+#: 3.7e-6 relative on the matrices of the tests below)
 REDUCED_AURORA_TOLERANCE = 1e-5
 
 
@@ -339,8 +385,8 @@ def test_newton_exponent_balances_in_fewer_gram_steps(shape, monkeypatch):
 
 @pytest.mark.parametrize(("polar_dtype", "steps"), [(torch.float32, 3), (torch.bfloat16, 2)], ids=["fp32", "bf16"])
 def test_sync_free_gram_steps_follow_the_polar_precision(polar_dtype, steps, monkeypatch):
-    """Without host syncs the balancing runs a fixed count: 3 Gram steps, 2 with a bf16 polar factor;
-    in fp32 the polar factor is reduced (``polar_reduction="auto"``), which factors the final D·M once more."""
+    """Without host syncs the balancing runs a fixed count: 3 Gram steps, 2 with a bf16 polar factor
+    (48×16 is too small for the default reduction, which would factor the final D·M once more)."""
     from aurora_opt.optim import sync_free
 
     calls = count_gram_steps(monkeypatch)
@@ -349,7 +395,7 @@ def test_sync_free_gram_steps_follow_the_polar_precision(polar_dtype, steps, mon
     _grads(params, 0)
     with sync_free():
         optimizer.step()
-    assert len(calls) == steps + (polar_dtype == torch.float32)
+    assert len(calls) == steps
 
 
 def test_newton_exponent_keeps_a_nearly_square_matrix_full_rank():

@@ -375,9 +375,15 @@ def polar_after_first_pass(Q1: Tensor, R1: Tensor, polar: Callable[[Tensor], Ten
 #: Every backend is an odd matrix function, p(X) = X·q(XᵀX), and XᵀX = RᵀR, so Q·p(R) = X R⁻¹·R·q(RᵀR)
 #: = p(X): the same direction for 3n³ instead of (2m + n)·n² flops per quintic step. A custom
 #: backend (a callable ``polar``) must be such an odd matrix function too, f(Q·X) = Q·f(X).
-#: ``"auto"``: ``"qr"`` where the polar factor runs in fp32 or float64 (measured on the CPU), direct in
-#: bf16/fp16 (the CUDA default, whose cost with the reduction is yet to be measured on a GPU).
+#: ``"auto"``: ``"qr"`` where the polar factor runs in fp32 or float64 (measured on the CPU) and the
+#: short side is at least AUTO_REDUCTION_MIN_SIDE, direct otherwise and in bf16/fp16 (the CUDA default,
+#: whose cost with the reduction is yet to be measured on a GPU).
 POLAR_REDUCTIONS = (None, "qr", "auto")
+#: below this short side the reduction's extra small operations cost more than its flops save:
+#: Aurora's step (CPU, fp32, one thread, Polar Express, the bench's drifting gradients) took 1.14× the
+#: direct one's time at 448×112, 1.00–1.05× at 512×128, 0.91× at 640×160, 0.82× at 768×192 and 0.79×
+#: at 1024×256
+AUTO_REDUCTION_MIN_SIDE = 160
 #: "qr" reduces matrices at least this many times taller than wide. Measured (CPU, fp32, one
 #: thread, Polar Express; benchmarks/cpu/polar_reduction.md, f96ae62): the reduced polar factor took
 #: 1.33× the direct one's time at 320×256, 1.21× at 384×256, 1.07× at 448×256, 1.00× at 512×256, 0.84×
@@ -413,9 +419,12 @@ def default_polar_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def reduces_polar(reduction: str | None, dtype: torch.dtype) -> bool:
-    """Whether ``reduction`` (one of ``POLAR_REDUCTIONS``) reduces a polar factor computed in ``dtype``."""
-    return reduction == "qr" or (reduction == "auto" and dtype in (torch.float32, torch.float64))
+def reduces_polar(reduction: str | None, dtype: torch.dtype, shape: torch.Size) -> bool:
+    """Whether ``reduction`` (one of ``POLAR_REDUCTIONS``) reduces the polar factor of matrices of
+    ``shape`` [..., m, n] computed in ``dtype`` (:func:`qr_reduced` then also checks the aspect)."""
+    if reduction == "auto":
+        return dtype in (torch.float32, torch.float64) and min(shape[-2:]) >= AUTO_REDUCTION_MIN_SIDE
+    return reduction == "qr"
 
 
 def make_orthogonalizer(
@@ -440,7 +449,7 @@ def make_orthogonalizer(
         return polar(X.to(compute_dtype), steps=steps, eps=eps).to(X.dtype)
 
     def orthogonalize(X: Tensor) -> Tensor:
-        if reduces_polar(reduction, dtype or default_polar_dtype(X.device)):
+        if reduces_polar(reduction, dtype or default_polar_dtype(X.device), X.shape):
             return qr_reduced(X, direct)
         return direct(X)
 

@@ -252,10 +252,15 @@ def balanced_polar(
 
     With ``tolerance`` > 0 a matrix whose max |ℓ_i/ℓ̄ − 1| is within it keeps its D, and, where host
     synchronization is allowed, the loop ends once all do. ``row_correction``: finish with
-    :func:`corrected_rows`. ``reduce_polar`` (``"gram"``, m ≥ QR_REDUCTION_MIN_ASPECT·n): the polar
-    factor is Q·polar(R) with D·X = QR by CholeskyQR2 (:func:`aurora_opt.polar.polar_after_first_pass`),
-    whose first pass is the factorization of the Gram step that found the rows balanced (a step ending
-    the loop early), or one more Gram factorization where the loop ran all its steps.
+    :func:`corrected_rows`; with a tolerance, where the loop can end early and the polar factor is
+    computed directly, it also lets a matrix stop one Gram step earlier, after the step that the last
+    two spreads s_{k−1}, s_k predict to land within it (s_k²/s_{k−1} ≤ tolerance, the balancing
+    converging linearly), since the correction removes what remains.
+
+    ``reduce_polar`` (``"gram"``, m ≥ QR_REDUCTION_MIN_ASPECT·n): the polar factor is Q·polar(R) with
+    D·X = QR by CholeskyQR2 (:func:`aurora_opt.polar.polar_after_first_pass`), whose first pass is
+    the factorization of the Gram step that found the rows balanced (a step ending the loop early), or
+    one more Gram factorization where the loop ran all its steps.
     Returns U and the new r = D·‖X_i‖ [B, m], normalized to mean 1 over the active rows.
     """
     if balance not in BALANCE_MODES:
@@ -268,7 +273,7 @@ def balanced_polar(
     active = active_rows(norms, eps)
     D = initial_row_weights(norms, active, scaling)
     factor = None  # the Gram factorization (Z, L) at the current D, kept for the reduced polar factor
-    frozen = None  # per matrix: D final
+    frozen = previous = None  # per matrix: D final; the last spread
     for _ in range(steps if balance == "gram" else steps - 1):  # "polar": the last factor is the result
         if balance == "gram":
             Z, L = gram_factor(Xg, D, gram_matmul_dtype)
@@ -282,14 +287,26 @@ def balanced_polar(
         # a matrix whose leverage came out non-finite keeps its D for this step
         step = torch.where(torch.isfinite(step).all(dim=-2, keepdim=True), step, torch.ones_like(step))
         if tolerance > 0:  # balanced matrices keep their D: each matrix gets what it would alone
-            done = _leverage_spread(lev, mean, active) <= tolerance
-            frozen = done if frozen is None else done | frozen
-            if host_syncs_allowed(frozen) and bool(frozen.all()):
+            spread = _leverage_spread(lev, mean, active)
+            done = spread <= tolerance
+            if frozen is not None:
+                done = done | frozen
+            if host_syncs_allowed(done) and bool(done.all()):
                 break  # D stays, and the factorization just computed is that of D·X
-            step = torch.where(frozen.view(-1, 1, 1), torch.ones_like(step), step)
+            frozen = done
+            if row_correction and not reduced and previous is not None and host_syncs_allowed(spread):
+                # linear convergence: this step is predicted to land within the tolerance, so it is the
+                # last one (the row correction removes what a wrong prediction leaves). Only where the
+                # loop can stop early, and for the direct polar factor: the reduced one needs the
+                # factorization at the final D, which the step that verifies it gives at no extra cost
+                frozen = done | (spread * spread <= tolerance * previous)
+            previous = spread
+            step = torch.where(done.view(-1, 1, 1), torch.ones_like(step), step)
         D = D * step * active
         D = D / D.amax(dim=-2, keepdim=True).clamp_min(TINY)
         factor = None
+        if frozen is not None and host_syncs_allowed(frozen) and bool(frozen.all()):
+            break
     if reduced:
         Z, L = factor if factor is not None else gram_factor(Xg, D, gram_matmul_dtype)
         del factor
@@ -477,7 +494,9 @@ class Aurora(SpectralOptimizer):
             scaling=state.get("balance_scaling") if group["warm_start"] else None,
             tolerance=group["balance_tolerance"],
             row_correction=group["row_correction"],
-            reduce_polar=reduces_polar(group["polar_reduction"], group["polar_dtype"] or default_polar_dtype(M.device)),
+            reduce_polar=reduces_polar(
+                group["polar_reduction"], group["polar_dtype"] or default_polar_dtype(M.device), M.shape
+            ),
             nonfinite_directions=state.get("nonfinite_directions"),
         )
 
