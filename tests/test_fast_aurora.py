@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aurora_opt import Aurora, Muon, NorMuon, RiemannianAurora
-from aurora_opt.matrices import matmul_fp32
+from aurora_opt.matrices import gram, matmul_fp32
 from aurora_opt.optim._spectral import stacking_plan
 from aurora_opt.optim.aurora import (
     ROW_CORRECTION_MAX,
@@ -553,6 +553,20 @@ def test_low_precision_gram_leverage(shape, matmul_dtype):
     assert ((low - exact).abs() / exact).max().item() <= LOW_PRECISION_LEVERAGE_TOL
     # the products were rounded: the result is not the fp32 one
     assert not torch.equal(low, gram_leverage(X, D))
+
+
+@pytest.mark.parametrize("shape", [(3, 300, 256), (2, 64, 193), (1, 40, 16)], ids=["blocked", "odd", "one-product"])
+def test_gram_is_the_symmetric_product(shape):
+    """gram(X) = XᵀX to fp32 accumulation in every batch entry (the blocked path sums the same
+    products, its upper off-diagonal block the transpose of the lower one)."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(shape, generator=g)
+    C = gram(X)
+    exact = X.double().mT @ X.double()
+    # fp32 accumulation of m products: the standard bound m·2⁻²⁴·Σ|x_ki x_kj|
+    bound = shape[-2] * 2**-24 * (X.double().abs().mT @ X.double().abs())
+    assert C.dtype == X.dtype and C.shape == exact.shape
+    assert ((C.double() - exact).abs() <= bound).all()
 
 
 @pytest.mark.parametrize("device", ["cpu", "meta"])

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ..matrices import TINY, all_finite, matmul_fp32, matrix_shape, row_norms, tall
+from ..matrices import TINY, all_finite, gram, matmul_fp32, matrix_shape, row_norms, tall
 from ..polar import (
     QR_REDUCTION_MIN_ASPECT,
     default_polar_dtype,
@@ -115,8 +115,11 @@ def active_rows(norms: Tensor, eps: float) -> Tensor:
 
 
 def leverage(U: Tensor) -> Tensor:
-    """Leverage scores ℓ_i = ‖U_i‖² of each row: ``[B, m, 1]``."""
-    return U.square().sum(dim=-1, keepdim=True)
+    """Leverage scores ℓ_i = ‖U_i‖² of each row: ``[B, m, 1]``.
+
+    ``vector_norm`` needs no m×n temporary: 0.16 ms against 0.5 ms for a sum of squares on contiguous
+    rows (4×1024×256, one CPU thread), though 2.9 ms on a column-major one."""
+    return torch.linalg.vector_norm(U, dim=-1, keepdim=True).square()
 
 
 def _active_mean(values: Tensor, active: Tensor) -> Tensor:
@@ -191,7 +194,7 @@ def gram_factor(X: Tensor, D: Tensor, matmul_dtype: torch.dtype | None = None) -
     """
     DX = D * X
     if matmul_dtype is None:
-        C = DX.mT @ DX
+        C = gram(DX)
         del DX
         L = shifted_cholesky(C)
         return solve_factor_right(X, L), L  # rows L⁻¹ X_i
@@ -205,11 +208,8 @@ def gram_factor(X: Tensor, D: Tensor, matmul_dtype: torch.dtype | None = None) -
 
 
 def factor_leverage(Z: Tensor, D: Tensor) -> Tensor:
-    """Leverage scores ℓ_i = d_i²·‖Z_i‖² of D·X from its :func:`gram_factor` Z: ``[B, m, 1]``.
-
-    ``vector_norm`` needs no m×n temporary and took 0.16 ms against 0.5 ms for a sum of squares
-    (4×1024×256, one CPU thread)."""
-    return torch.linalg.vector_norm(Z, dim=-1, keepdim=True).square() * D.square()
+    """Leverage scores ℓ_i = d_i²·‖Z_i‖² of D·X from its :func:`gram_factor` Z: ``[B, m, 1]``."""
+    return leverage(Z) * D.square()
 
 
 def initial_row_weights(norms: Tensor, active: Tensor, scaling: Tensor | None) -> Tensor:
@@ -268,7 +268,9 @@ def balanced_polar(
     if gram_dtype is None:
         gram_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
     reduced = reduce_polar and balance == "gram" and X.size(-2) >= QR_REDUCTION_MIN_ASPECT * X.size(-1)
-    Xg = X.to(gram_dtype)
+    # row-major in the tall orientation (a wide matrix comes as a transposed view): every Gram step's
+    # solve and row reduction then reads contiguous rows (256×704: 1.31× Muon's step against 1.43×)
+    Xg = X.to(gram_dtype).contiguous()
     norms = row_norms(Xg)
     active = active_rows(norms, eps)
     D = initial_row_weights(norms, active, scaling)
@@ -309,9 +311,10 @@ def balanced_polar(
             break
     if reduced:
         Z, L = factor if factor is not None else gram_factor(Xg, D, gram_matmul_dtype)
-        del factor
+        del factor, Xg
         U = polar_after_first_pass(Z.mul_(D), L.mT, orthogonalize).to(X.dtype)
     else:
+        del Xg
         U = orthogonalize(D.to(X.dtype) * X)
     if row_correction:
         U = corrected_rows(U, active)
