@@ -272,7 +272,7 @@ def balanced_polar(
     # solve and row reduction then reads contiguous rows (256×704: 1.31× Muon's step against 1.43×)
     Xg = X.to(gram_dtype).contiguous()
     norms = row_norms(Xg)
-    active = active_rows(norms, eps)
+    active = active_rows(norms, eps).to(gram_dtype)  # as 0/1 weights: each product with it converts no bool
     D = initial_row_weights(norms, active, scaling)
     factor = None  # the Gram factorization (Z, L) at the current D, kept for the reduced polar factor
     frozen = previous = None  # per matrix: D final; the last spread
