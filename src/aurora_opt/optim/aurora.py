@@ -268,9 +268,11 @@ def balanced_polar(
     if gram_dtype is None:
         gram_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
     reduced = reduce_polar and balance == "gram" and X.size(-2) >= QR_REDUCTION_MIN_ASPECT * X.size(-1)
-    # row-major in the tall orientation (a wide matrix comes as a transposed view): every Gram step's
-    # solve and row reduction then reads contiguous rows (256×704: 1.31× Muon's step against 1.43×)
-    Xg = X.to(gram_dtype).contiguous()
+    Xg = X.to(gram_dtype)
+    if balance == "gram":  # row-major in the tall orientation (a wide matrix comes as a transposed view):
+        # every Gram step's solve and row reduction then reads contiguous rows (256×704: 1.31× Muon's
+        # step against 1.43×)
+        Xg = Xg.contiguous()
     norms = row_norms(Xg)
     active = active_rows(norms, eps).to(gram_dtype)  # as 0/1 weights: each product with it converts no bool
     D = initial_row_weights(norms, active, scaling)
