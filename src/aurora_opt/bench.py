@@ -126,11 +126,14 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # an output sharing an input's storage (a view, an in-place result) allocated nothing, even where
+        # that storage was allocated before the mode (a view of a parameter would otherwise count it)
+        inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0] if isinstance(a, Tensor)}
         for t in tree_flatten(out)[0]:
             if not isinstance(t, Tensor) or t._base is not None:
                 continue
             key = t.untyped_storage().data_ptr()
-            if key in self._owned or key == 0:
+            if key in self._owned or key in inputs or key == 0:
                 continue
             size = t.untyped_storage().nbytes()
             self._owned[key] = size

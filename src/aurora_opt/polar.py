@@ -367,7 +367,9 @@ def polar_after_first_pass(Q1: Tensor, R1: Tensor, polar: Callable[[Tensor], Ten
     """
     L2 = _second_pass_factor(Q1)
     P = polar((L2.mT @ R1).mT).mT.to(Q1.dtype)
-    return Q1 @ torch.linalg.solve_triangular(L2.mT, P, upper=True)
+    factor = torch.linalg.solve_triangular(L2.mT, P, upper=True)
+    del L2, P  # not alive beside the m×n product
+    return Q1 @ factor
 
 
 #: how a polar factor may be reduced before the backend runs: ``None`` (it runs on the matrix) or
