@@ -487,8 +487,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *_format_table(rows),
         "",
-        f"`{aurora}` over `{muon}` (where the polar factor runs in fp32 both reduce it, Aurora by default "
-        f'and Muon with `polar_reduction="qr"`): ' + "; ".join(reduced) + ".",
+        f'`{aurora}` over `{muon}` (Muon with `polar_reduction="qr"`; Aurora reduces by default where its '
+        "polar factor runs in fp32 and the short side is at least 160): " + "; ".join(reduced) + ".",
         "",
         "Fast Aurora's Gram balancing steps per non-square matrix and optimizer step on the GPT's momenta "
         "(untimed replay; the warm start begins each step from the last step's balanced rows):",
