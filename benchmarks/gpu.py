@@ -7,7 +7,8 @@ low-rank signal with unequal rows plus new Gaussian noise, so the momentum drift
   (Polar Express also as Q·polar(R), ``/qr``);
 - ``matrices``: ``optimizer.step()`` on one matrix for GPT-2 124M and 1B/8B-class MLP and attention
   shapes: Muon, NorMuon, U-NorMuon, Aurora (same backend; Aurora also with fp32 Gram steps instead
-  of its default bf16 Gram products, and with one Gram step instead of two), median and fastest step, ratio to Muon, Aurora's row error
+  of its default bf16 Gram products, with one Gram step instead of two, and with its polar factor
+  reduced, ``aurora_qr``), median and fastest step, ratio to Muon, Aurora's row error
   max_i |‖U_i‖²·m/n − 1|, peak memory allocated during the step;
 - ``compiled``: the same for a few shapes with ``torch.compile(optimizer.step, fullgraph=True)``;
 - ``model``: the whole training step (forward, backward, optimizer) of a 124M SwiGLU GPT under bf16
