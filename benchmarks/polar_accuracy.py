@@ -36,10 +36,10 @@ from aurora_opt.matrices import tall
 from aurora_opt.optim.aurora import balanced_polar
 from aurora_opt.polar import (
     POLAR_BACKENDS,
-    QR_REDUCTION_MIN_ASPECT,
     cholesky_qr,
     make_orthogonalizer,
     polar_express,
+    reducible,
     scaled_to_unit_max,
     svd_polar,
 )
@@ -155,7 +155,7 @@ def bench_trained(size: tuple[int, int, int], steps: int) -> dict[str, Any]:
     matrices = []
     for M in recording.momentum_buffers:
         X, _ = tall(M.float().unsqueeze(0))
-        if X.size(-2) < QR_REDUCTION_MIN_ASPECT * X.size(-1):
+        if not reducible(X.shape):
             continue
         _, r = balanced_polar(X, orthogonalize=svd_polar, steps=50, beta=None, eps=1e-7, tolerance=BALANCE_TOLERANCE)
         DX = r.unsqueeze(-1) / X.norm(dim=-1, keepdim=True) * X

@@ -37,6 +37,7 @@ __all__ = [
     "polar_express_coefficients",
     "polar_after_first_pass",
     "reduces_polar",
+    "reducible",
     "scaled_to_unit_max",
     "shifted_cholesky",
     "simple_quintic",
@@ -394,6 +395,13 @@ AUTO_REDUCTION_MIN_SIDE = 160
 QR_REDUCTION_MIN_ASPECT = 2
 
 
+def reducible(shape: torch.Size) -> bool:
+    """Whether matrices of ``shape`` [..., m, n] are at least QR_REDUCTION_MIN_ASPECT times taller than
+    wide or wider than tall (and not empty): the ones the reduction applies to."""
+    short, long = sorted(shape[-2:])
+    return short > 0 and long >= QR_REDUCTION_MIN_ASPECT * short
+
+
 def check_reduction(reduction: object) -> None:
     """Raise ``ValueError`` unless ``reduction`` is one of ``POLAR_REDUCTIONS``."""
     if reduction not in POLAR_REDUCTIONS:
@@ -406,9 +414,9 @@ def qr_reduced(X: Tensor, polar: Callable[[Tensor], Tensor]) -> Tensor:
     The factorization and the product run in fp32 (float64 for float64 ``X``), ``polar`` on R in
     whatever precision it chooses; other shapes go to ``polar`` directly.
     """
-    Y, transposed = tall(X)
-    if Y.size(-1) == 0 or Y.size(-2) < QR_REDUCTION_MIN_ASPECT * Y.size(-1):
+    if not reducible(X.shape):
         return polar(X)
+    Y, transposed = tall(X)
     # an exact power-of-two rescale keeps the Gram matrix finite (polar(X) ignores X's scale); the
     # rescaled copy is the first pass's alone, so it is freed once Q₁ is formed
     Q1, R1 = cholesky_qr_first_pass(scaled_to_unit_max(Y.to(torch.promote_types(Y.dtype, torch.float32))))
@@ -423,7 +431,7 @@ def default_polar_dtype(device: torch.device) -> torch.dtype:
 
 def reduces_polar(reduction: str | None, dtype: torch.dtype, shape: torch.Size) -> bool:
     """Whether ``reduction`` (one of ``POLAR_REDUCTIONS``) reduces the polar factor of matrices of
-    ``shape`` [..., m, n] computed in ``dtype`` (:func:`qr_reduced` then also checks the aspect)."""
+    ``shape`` [..., m, n] computed in ``dtype`` (:func:`qr_reduced` then also checks :func:`reducible`)."""
     if reduction == "auto":
         return dtype in (torch.float32, torch.float64) and min(shape[-2:]) >= AUTO_REDUCTION_MIN_SIDE
     return reduction == "qr"

@@ -30,10 +30,10 @@ from torch.optim.optimizer import ParamsT
 
 from ..matrices import TINY, all_finite, gram, matmul_fp32, matrix_shape, row_norms, tall
 from ..polar import (
-    QR_REDUCTION_MIN_ASPECT,
     default_polar_dtype,
     polar_after_first_pass,
     reduces_polar,
+    reducible,
     shifted_cholesky,
     solve_factor_right,
 )
@@ -257,17 +257,17 @@ def balanced_polar(
     two spreads s_{k−1}, s_k predict to land within it (s_k²/s_{k−1} ≤ tolerance, the balancing
     converging linearly), since the correction removes what remains.
 
-    ``reduce_polar`` (``"gram"``, m ≥ QR_REDUCTION_MIN_ASPECT·n): the polar factor is Q·polar(R) with
-    D·X = QR by CholeskyQR2 (:func:`aurora_opt.polar.polar_after_first_pass`), whose first pass is
-    the factorization of the Gram step that found the rows balanced (a step ending the loop early), or
-    one more Gram factorization where the loop ran all its steps.
+    ``reduce_polar`` (``"gram"``, shapes that :func:`aurora_opt.polar.reducible` admits): the polar
+    factor is Q·polar(R) with D·X = QR by CholeskyQR2 (:func:`aurora_opt.polar.polar_after_first_pass`),
+    whose first pass is the factorization of the Gram step that found the rows balanced (a step ending
+    the loop early), or one more Gram factorization where the loop ran all its steps.
     Returns U and the new r = D·‖X_i‖ [B, m], normalized to mean 1 over the active rows.
     """
     if balance not in BALANCE_MODES:
         raise ValueError(f"invalid balance: {balance!r} (expected one of {BALANCE_MODES})")
     if gram_dtype is None:
         gram_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
-    reduced = reduce_polar and balance == "gram" and X.size(-2) >= QR_REDUCTION_MIN_ASPECT * X.size(-1)
+    reduced = reduce_polar and balance == "gram" and reducible(X.shape)
     Xg = X.to(gram_dtype)
     if balance == "gram":  # row-major in the tall orientation (a wide matrix comes as a transposed view):
         # every Gram step's solve and row reduction then reads contiguous rows (256×704: 1.31× Muon's
@@ -391,9 +391,14 @@ def _finite_or_zero(U: Tensor, nonfinite_directions: Tensor | None) -> Tensor:
     return torch.where(finite.view(-1, 1, 1), U, torch.zeros((), dtype=U.dtype, device=U.device))
 
 
+def _polar_dtype(M: Tensor, group: dict[str, Any]) -> torch.dtype:
+    """The dtype the group's polar factor of M runs in (``polar_dtype`` or M's device default)."""
+    return group["polar_dtype"] or default_polar_dtype(M.device)
+
+
 def _low_precision_polar(M: Tensor, group: dict[str, Any]) -> torch.dtype | None:
     """The group's polar dtype for M's device if it is bf16 or fp16, else None."""
-    polar_dtype = group["polar_dtype"] or default_polar_dtype(M.device)
+    polar_dtype = _polar_dtype(M, group)
     return polar_dtype if polar_dtype in LOW_PRECISION else None
 
 
@@ -499,9 +504,7 @@ class Aurora(SpectralOptimizer):
             scaling=state.get("balance_scaling") if group["warm_start"] else None,
             tolerance=group["balance_tolerance"],
             row_correction=group["row_correction"],
-            reduce_polar=reduces_polar(
-                group["polar_reduction"], group["polar_dtype"] or default_polar_dtype(M.device), M.shape
-            ),
+            reduce_polar=reduces_polar(group["polar_reduction"], _polar_dtype(M, group), M.shape),
             nonfinite_directions=state.get("nonfinite_directions"),
         )
 
