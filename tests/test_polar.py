@@ -216,7 +216,7 @@ def test_qr_reduced_bf16_polar_factor_is_closer(shape, seed):
 def test_polar_factor_peak_memory_direct_and_reduced():
     """Bytes allocated at the peak of one call (a count, not a timing), 512×64 fp32, in units of the
     matrix: measured 2.125 direct (the normalized copy, the iterate and small n×n matrices; 3.125
-    while aX and BX were formed apart) and 2.25 reduced (Q, the product and the triangle's iteration;
+    while aX and BX were formed apart) and 2.25 reduced (Q₁, the product and the triangle's iteration;
     3.25 while the reduction kept its rescaled copy of X alive through both CholeskyQR passes)."""
     from aurora_opt.bench import LiveBytes
 
